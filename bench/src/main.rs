@@ -1,0 +1,337 @@
+//! `vault-bench`: starts a release `strongroom` server (its own PostgreSQL, in a temp data
+//! directory) as a separate process and measures it over HTTP from this process.
+//!
+//! Run: `cargo build --release -p strongroom -p strongroom-bench && target/release/vault-bench`
+//! Options (environment): `BENCH_RECORDS` (default 100000), `BENCH_CONCURRENCY` (default 4).
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "bench-admin-key-0123456789abcdefghijklmnop";
+const MASTER: &str = "bench:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
+struct Server {
+    child: std::process::Child,
+    dir: PathBuf,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_server() -> Result<Server> {
+    let exe = std::env::current_exe()?.with_file_name("strongroom");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p strongroom`",
+            exe.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "strongroom-bench-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let child = std::process::Command::new(exe)
+        .arg("serve")
+        .env("STRONGROOM_DATA_DIR", &dir)
+        .env("STRONGROOM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("STRONGROOM_ADMIN_KEY", ADMIN)
+        .env("STRONGROOM_MASTER_KEYS", MASTER)
+        .env("STRONGROOM_LOG", "warn")
+        .env("STRONGROOM_DB_POOL_SIZE", "16")
+        .spawn()?;
+    let server = Server {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
+            && r.status().is_success()
+        {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("server did not become ready")
+}
+
+fn luhn_complete(prefix: &str) -> String {
+    let digits: Vec<u32> = prefix.chars().filter_map(|c| c.to_digit(10)).collect();
+    let mut sum = 0;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut d = *d;
+        if i % 2 == 0 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    format!("{prefix}{}", (10 - sum % 10) % 10)
+}
+
+fn record(i: usize) -> Value {
+    let mut rng = rand::thread_rng();
+    let card = luhn_complete(&format!(
+        "4{:014}",
+        rng.gen_range(0..100_000_000_000_000u64)
+    ));
+    json!({"fields": {
+        "name": format!("Customer Number {i}"),
+        "email": format!("customer{i}@example.com"),
+        "card": card,
+        "ssn": format!("{:03}-{:02}-{:04}", rng.gen_range(1..=665), rng.gen_range(1..=99), rng.gen_range(1..=9999)),
+        "dob": format!("19{:02}-{:02}-{:02}", rng.gen_range(30..=99), rng.gen_range(1..=12), rng.gen_range(1..=28)),
+    }})
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let resp = client
+        .post(url)
+        .bearer_auth(ADMIN)
+        .json(body)
+        .send()
+        .await?;
+    let status = resp.status();
+    let json: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {json}");
+    }
+    Ok(json)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Connects to the server's own PostgreSQL (socket and password under its data directory).
+async fn connect_pg(dir: &Path) -> Result<tokio_postgres::Client> {
+    let password =
+        std::fs::read_to_string(dir.join("postgres/password")).context("read password")?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(dir.join("postgres/run"))
+        .user("strongroom")
+        .password(password.trim())
+        .dbname("strongroom");
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let total: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let conc: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let batches = total / 1000;
+    let server = start_server().await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let base = server.base.clone();
+    post(
+        &client,
+        &format!("{base}/v1/vaults"),
+        &json!({"name": "bench", "tables": [{"name": "customers", "columns": [
+        {"name": "name", "type": "name"},
+        {"name": "email", "type": "email", "tokenization": "deterministic"},
+        {"name": "card", "type": "card_number", "tokenization": "format_preserving"},
+        {"name": "ssn", "type": "ssn"},
+        {"name": "dob", "type": "date_of_birth"}]}]}),
+    )
+    .await?;
+
+    // Pre-build bodies so the load generator's own work is not measured.
+    let bodies: Vec<Value> = (0..batches)
+        .map(|b| json!({"records": (0..1000).map(|i| record(b * 1000 + i)).collect::<Vec<_>>()}))
+        .collect();
+    let bodies = Arc::new(bodies);
+    let url = format!("{base}/v1/vaults/bench/tables/customers/records");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= bodies.len() {
+                    return Ok::<_, anyhow::Error>(tokens);
+                }
+                let out = post(&client, &url, &bodies[i]).await?;
+                for r in out["records"].as_array().into_iter().flatten() {
+                    for t in r["tokens"].as_object().into_iter().flatten() {
+                        tokens.push(t.1.as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }));
+    }
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.extend(t.await??);
+    }
+    let insert_secs = started.elapsed().as_secs_f64();
+    let insert_rate = (batches * 1000) as f64 / insert_secs;
+
+    // Baseline: the same rows, plain, straight into the same PostgreSQL, same batches and concurrency.
+    let setup = connect_pg(&server.dir).await?;
+    setup
+        .batch_execute("CREATE TABLE bench_plain (id uuid PRIMARY KEY, name text, email text, card text, ssn text, dob text, created_at timestamptz DEFAULT now())")
+        .await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (bodies, next, dir) = (bodies.clone(), next.clone(), server.dir.clone());
+        tasks.push(tokio::spawn(async move {
+            let pg = connect_pg(&dir).await?;
+            let stmt = pg
+                .prepare("INSERT INTO bench_plain (id, name, email, card, ssn, dob) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])")
+                .await?;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= bodies.len() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let recs = bodies[i]["records"].as_array().cloned().unwrap_or_default();
+                let col = |k: &str| recs.iter().map(|r| r["fields"][k].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+                let ids: Vec<uuid::Uuid> = recs.iter().map(|_| uuid::Uuid::new_v4()).collect();
+                pg.execute(&stmt, &[&ids, &col("name"), &col("email"), &col("card"), &col("ssn"), &col("dob")]).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let plain_rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
+
+    // Detokenize in batches of 1000.
+    let det_url = format!("{base}/v1/vaults/bench/detokenize");
+    let chunks: Vec<Vec<String>> = tokens
+        .chunks(1000)
+        .take(200)
+        .map(<[String]>::to_vec)
+        .collect();
+    let n_tokens: usize = chunks.iter().map(Vec::len).sum();
+    let chunks = Arc::new(chunks);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, url, chunks, next) = (
+            client.clone(),
+            det_url.clone(),
+            chunks.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= chunks.len() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                post(
+                    &client,
+                    &url,
+                    &json!({"tokens": chunks[i], "redaction": "plain"}),
+                )
+                .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let det_rate = n_tokens as f64 / started.elapsed().as_secs_f64();
+
+    // Single-token detokenize, 32 concurrent clients.
+    let per_client = 500;
+    let tokens = Arc::new(tokens);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..32usize {
+        let (client, url, tokens) = (client.clone(), det_url.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let token = &tokens[(c * 7919 + i * 104_729) % tokens.len()];
+                let t0 = Instant::now();
+                post(
+                    &client,
+                    &url,
+                    &json!({"tokens": [token], "redaction": "masked"}),
+                )
+                .await?;
+                lat.push(t0.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let single_rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    lat.sort();
+
+    println!(
+        "strongroom vault-bench ({total} records, {conc} concurrent batch requests, {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "bulk insert (5 columns, batches of 1000):   {insert_rate:>10.0} records/s   (goal >= 20000)"
+    );
+    println!("plain PostgreSQL insert, same rows/batches:  {plain_rate:>10.0} rows/s");
+    println!(
+        "ratio vault / plain:                         {:>10.2}        (goal >= 0.5)",
+        insert_rate / plain_rate
+    );
+    println!(
+        "detokenize (batches of 1000, plain):         {det_rate:>10.0} tokens/s    (goal >= 100000)"
+    );
+    println!(
+        "single-token detokenize, 32 clients:        p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({single_rate:.0} req/s; goal p99 < 5 ms)",
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    drop(setup);
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The error shape of the contract:
+//! `{"error": {"code", "message", "request_id", "details"}}`.
+//!
+//! INVARIANT: messages and details name fields, columns and indexes only. Internal failures are
+//! logged with the request id and answered with a generic message.
+
+use super::request_id;
+use crate::vault::{Detail, VaultError};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<Detail>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn with_details(mut self, details: Vec<Detail>) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn unauthenticated() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid API key is required: send `Authorization: Bearer <key>`",
+        )
+    }
+
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to complete the request",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "request_id": request_id(),
+                "details": self.details,
+            }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound(what) => ApiError::not_found(&what),
+            VaultError::Invalid { message, details } => {
+                ApiError::invalid(message).with_details(details)
+            }
+            VaultError::Conflict { message, details } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message).with_details(details)
+            }
+            VaultError::Db(crate::db::DbError::Pool(e)) => {
+                tracing::error!(request_id = %request_id(), error = %e, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again",
+                )
+            }
+            VaultError::Db(crate::db::DbError::Postgres(e))
+                if e.is_closed() || e.as_db_error().is_none() =>
+            {
+                tracing::error!(request_id = %request_id(), error = %e, "database connection failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again",
+                )
+            }
+            other => {
+                tracing::error!(request_id = %request_id(), error = %other, "request failed");
+                ApiError::internal()
+            }
+        }
+    }
+}

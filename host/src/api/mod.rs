@@ -1,0 +1,144 @@
+//! The HTTP API (`shared/API.md`): routes, request ids, authentication and errors.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod records;
+mod vaults;
+
+use crate::vault::VaultService;
+use auth::AdminKey;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The current request's id (empty outside a request).
+pub fn request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: VaultService,
+}
+
+/// The whole router.
+pub fn router(vault: VaultService, admin: AdminKey, max_body_bytes: usize) -> Router {
+    let state = AppState { vault };
+    let v1 = Router::new()
+        .route("/vaults", post(vaults::create).get(vaults::list))
+        .route("/vaults/{vault}", get(vaults::get).delete(vaults::delete))
+        .route("/vaults/{vault}/tables", post(vaults::add_table))
+        .route(
+            "/vaults/{vault}/tables/{table}/columns",
+            post(vaults::add_column),
+        )
+        .route(
+            "/vaults/{vault}/tables/{table}/records",
+            post(records::insert),
+        )
+        .route(
+            "/vaults/{vault}/tables/{table}/records/lookup",
+            post(records::lookup),
+        )
+        .route(
+            "/vaults/{vault}/tables/{table}/records/{id}",
+            get(records::read)
+                .patch(records::update)
+                .delete(records::delete),
+        )
+        .route("/vaults/{vault}/tokenize", post(records::tokenize))
+        .route("/vaults/{vault}/detokenize", post(records::detokenize))
+        .route("/vaults/{vault}/keys", get(vaults::keys))
+        .route("/vaults/{vault}/keys/rotate", post(vaults::rotate_keys))
+        .route("/admin/master-keys/rotate", post(vaults::rotate_master))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(admin),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ready = async {
+        let client = state.vault.pool().get().await.ok()?;
+        client.query_one("SELECT 1", &[]).await.ok()
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ready).await {
+        Ok(Some(_)) => Ok(Json(json!({"status": "ready"}))),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is not reachable",
+        )),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+/// Request ids (echoed when sane, else generated) and one log line per request: method, path,
+/// status and latency. Never bodies, query strings or headers.
+async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let method = req.method().clone();
+    // The path names vaults, tables and record ids, never values (values travel in bodies).
+    let route = req.uri().path().to_string();
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        path = %route,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// `StatusCode` with a JSON body, for handlers.
+pub(crate) fn created<T: serde::Serialize>(body: T) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
+}

@@ -1,0 +1,98 @@
+//! Vaults, schemas and keys.
+
+use super::auth::{Action, Principal, authorize};
+use super::error::ApiError;
+use super::extract::Json;
+use super::{AppState, created};
+use crate::vault::{NewColumn, NewTable, NewVault};
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Json(new): Json<NewVault>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::CreateVault, Some(&new.name))?;
+    Ok(created(s.vault.create_vault(new).await?))
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::ListVaults, None)?;
+    Ok(axum::Json(json!({"vaults": s.vault.list_vaults().await?})).into_response())
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(vault): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::ReadVault, Some(&vault))?;
+    Ok(axum::Json(s.vault.get_vault(&vault).await?).into_response())
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(vault): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&p, Action::DeleteVault, Some(&vault))?;
+    s.vault.delete_vault(&vault).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn add_table(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(vault): Path<String>,
+    Json(new): Json<NewTable>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::AlterSchema, Some(&vault))?;
+    Ok(created(s.vault.add_table(&vault, new).await?))
+}
+
+pub async fn add_column(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path((vault, table)): Path<(String, String)>,
+    Json(new): Json<NewColumn>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::AlterSchema, Some(&vault))?;
+    Ok(created(s.vault.add_column(&vault, &table, new).await?))
+}
+
+pub async fn keys(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(vault): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::ReadKeys, Some(&vault))?;
+    Ok(axum::Json(s.vault.keys(&vault).await?).into_response())
+}
+
+pub async fn rotate_keys(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(vault): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::RotateKeys, Some(&vault))?;
+    Ok(axum::Json(s.vault.rotate_data_key(&vault).await?).into_response())
+}
+
+pub async fn rotate_master(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    authorize(&p, Action::RotateMasterKey, None)?;
+    let (active, rewrapped) = s.vault.rotate_master_key().await?;
+    Ok(
+        axum::Json(json!({"active_master_key": active, "rewrapped_keys": rewrapped}))
+            .into_response(),
+    )
+}

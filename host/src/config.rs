@@ -1,0 +1,197 @@
+//! Operator settings: environment variables, optionally a TOML file named by `STRONGROOM_CONFIG`.
+//!
+//! The environment wins over the file. Keys in the file are the variable names without the
+//! `STRONGROOM_` prefix, in lower case (`listen`, `data_dir`, `database_url`, …).
+
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything the server needs to start. Secrets are [`SecretString`]s: they never print.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`STRONGROOM_LISTEN`, default `127.0.0.1:8600`).
+    pub listen: SocketAddr,
+    /// Data directory (`STRONGROOM_DATA_DIR`, default `./strongroom-data`).
+    pub data_dir: PathBuf,
+    /// An existing database (`STRONGROOM_DATABASE_URL`); unset: the server runs its own PostgreSQL.
+    pub database_url: Option<SecretString>,
+    /// Master keys (`STRONGROOM_MASTER_KEYS`, `id:base64,…`); unset: a development key file.
+    pub master_keys: Option<SecretString>,
+    /// The bootstrap admin key (`STRONGROOM_ADMIN_KEY`); unset: generated on first start.
+    pub admin_key: Option<SecretString>,
+    /// Largest accepted request body in bytes (`STRONGROOM_MAX_BODY_BYTES`, default 8 MiB).
+    pub max_body_bytes: usize,
+    /// Database connections (`STRONGROOM_DB_POOL_SIZE`, default 16).
+    pub db_pool_size: usize,
+}
+
+/// A setting that could not be used. Never includes a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file `{0}`: {1}")]
+    File(String, std::io::Error),
+    #[error("the config file `{0}` is not valid TOML: {1}")]
+    Toml(String, String),
+    #[error("`{0}` must be a string in the config file")]
+    NotAString(String),
+    #[error("unknown key `{0}` in the config file")]
+    UnknownKey(String),
+    #[error("STRONGROOM_LISTEN is not an address such as 127.0.0.1:8600")]
+    Listen,
+    #[error("{0} must be a positive whole number")]
+    Number(&'static str),
+    #[error("STRONGROOM_ADMIN_KEY must be at least 32 characters")]
+    AdminKeyTooShort,
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "master_keys",
+    "admin_key",
+    "max_body_bytes",
+    "db_pool_size",
+];
+
+impl Settings {
+    /// Reads the process environment (and the file it may name).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `env`, a stand-in for the environment (tests pass a map).
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let file = match env("STRONGROOM_CONFIG") {
+            Some(path) => read_file(&path)?,
+            None => toml::Table::new(),
+        };
+        let get = |key: &str| -> Result<Option<String>, ConfigError> {
+            if let Some(value) = env(&format!("STRONGROOM_{}", key.to_ascii_uppercase())) {
+                return Ok(Some(value));
+            }
+            match file.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+                Some(_) => Err(ConfigError::NotAString(key.to_string())),
+            }
+        };
+        let listen = match get("listen")? {
+            Some(s) => s.parse().map_err(|_| ConfigError::Listen)?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8600)),
+        };
+        let admin_key = get("admin_key")?.filter(|s| !s.is_empty());
+        if admin_key.as_ref().is_some_and(|k| k.chars().count() < 32) {
+            return Err(ConfigError::AdminKeyTooShort);
+        }
+        Ok(Settings {
+            listen,
+            data_dir: get("data_dir")?
+                .filter(|s| !s.is_empty())
+                .map_or_else(|| PathBuf::from("./strongroom-data"), PathBuf::from),
+            database_url: get("database_url")?
+                .filter(|s| !s.is_empty())
+                .map(SecretString::from),
+            master_keys: get("master_keys")?
+                .filter(|s| !s.is_empty())
+                .map(SecretString::from),
+            admin_key: admin_key.map(SecretString::from),
+            max_body_bytes: number(get("max_body_bytes")?, "STRONGROOM_MAX_BODY_BYTES", 8 << 20)?,
+            db_pool_size: number(get("db_pool_size")?, "STRONGROOM_DB_POOL_SIZE", 16)?,
+        })
+    }
+}
+
+fn number(value: Option<String>, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(ConfigError::Number(name)),
+    }
+}
+
+fn read_file(path: &str) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(path.to_string(), e))?;
+    // toml's messages quote the offending line, which could hold a secret: keep only the position.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| format!("at byte {}", s.start))
+            .unwrap_or_default();
+        ConfigError::Toml(path.to_string(), at)
+    })?;
+    if let Some(unknown) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(ConfigError::UnknownKey(unknown.clone()));
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8600");
+        assert_eq!(s.data_dir, PathBuf::from("./strongroom-data"));
+        assert!(s.database_url.is_none() && s.master_keys.is_none() && s.admin_key.is_none());
+    }
+
+    #[test]
+    fn env_values_and_errors() {
+        let s = settings(&[
+            ("STRONGROOM_LISTEN", "0.0.0.0:9000"),
+            ("STRONGROOM_ADMIN_KEY", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.admin_key.unwrap().expose_secret().len(), 32);
+        assert!(matches!(
+            settings(&[("STRONGROOM_LISTEN", "nope")]),
+            Err(ConfigError::Listen)
+        ));
+        assert!(matches!(
+            settings(&[("STRONGROOM_ADMIN_KEY", "short")]),
+            Err(ConfigError::AdminKeyTooShort)
+        ));
+    }
+
+    #[test]
+    fn file_is_read_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("sr-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("strongroom.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let p = path.to_string_lossy().to_string();
+        let s = settings(&[("STRONGROOM_CONFIG", &p), ("STRONGROOM_DATA_DIR", "/tmp/y")]).unwrap();
+        assert_eq!(s.listen.port(), 7000);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/y"));
+        std::fs::write(&path, "lsten = \"x\"\n").unwrap();
+        assert!(matches!(
+            settings(&[("STRONGROOM_CONFIG", &p)]),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+//! The database: a connection pool and the migrations in `migrations/`, applied at start.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+/// Migrations, in order. Each runs once, in its own transaction; applied versions are recorded
+/// in `schema_migrations`, so running them again is a no-op.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "vault_core",
+    include_str!("../../../migrations/0001_vault_core.sql"),
+)];
+
+/// Arbitrary constant for the advisory lock that serialises concurrent migrators.
+const MIGRATION_LOCK: i64 = 0x5354_524f_4e47;
+
+/// A database failure. Its text comes from PostgreSQL and never holds parameters (values are
+/// always sent as bind parameters, which PostgreSQL does not echo in errors we surface).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("could not create the connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+}
+
+/// A pool over `config` with `size` connections.
+pub fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager).max_size(size).build()?)
+}
+
+/// Applies every migration not yet applied.
+pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        tracing::info!(version, name, "applied migration");
+        applied += 1;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

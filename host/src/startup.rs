@@ -1,0 +1,193 @@
+//! Building and running the server: data directory, keys, database, routes, shutdown.
+
+use crate::api::{self, auth::AdminKey};
+use crate::config::Settings;
+use crate::crypto::MasterKeyRing;
+use crate::pg::ManagedPostgres;
+use crate::vault::VaultService;
+use anyhow::{Context, Result};
+use base64::Engine;
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A server that is bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    managed: Option<ManagedPostgres>,
+    vault: VaultService,
+}
+
+impl Application {
+    /// Builds from settings: uses `STRONGROOM_DATABASE_URL` or starts the server's own PostgreSQL.
+    pub async fn build(settings: Settings) -> Result<Application> {
+        Application::build_with(settings, None).await
+    }
+
+    /// Like [`Application::build`], with an explicit database (the test harness uses this).
+    pub async fn build_with(
+        settings: Settings,
+        database: Option<tokio_postgres::Config>,
+    ) -> Result<Application> {
+        prepare_data_dir(&settings.data_dir)?;
+        let ring = Arc::new(master_keys(&settings)?);
+        let admin = admin_key(&settings)?;
+
+        let mut managed = None;
+        let db_config = match (database, &settings.database_url) {
+            (Some(config), _) => config,
+            (None, Some(url)) => url
+                .expose_secret()
+                .parse::<tokio_postgres::Config>()
+                // The URL may hold a password: say what is wrong without repeating it.
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "STRONGROOM_DATABASE_URL is not a valid PostgreSQL connection string"
+                    )
+                })?,
+            (None, None) => {
+                let pg = ManagedPostgres::start(&settings.data_dir).await?;
+                let config = pg.config();
+                managed = Some(pg);
+                config
+            }
+        };
+        let pool = crate::db::pool(db_config, settings.db_pool_size)?;
+        crate::db::migrate(&pool).await.context(
+            "could not prepare the database (is it reachable, and may this user create tables?)",
+        )?;
+        let vault = VaultService::new(pool, ring);
+        vault
+            .check_keys_and_resume()
+            .await
+            .context("the stored vault keys do not open with the configured master keys")?;
+
+        let router = api::router(vault.clone(), admin, settings.max_body_bytes);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            managed,
+            vault,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The vault service (for tools that run beside the server, such as benchmarks).
+    pub fn vault(&self) -> &VaultService {
+        &self.vault
+    }
+
+    /// Serves until SIGINT or SIGTERM, drains in-flight requests, then stops PostgreSQL.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        tracing::info!(address = %self.local_addr(), "strongroom listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        drop(self.vault);
+        if let Some(pg) = self.managed.as_mut() {
+            pg.stop().await?;
+        }
+        tracing::info!("strongroom stopped");
+        served.context("the server failed")
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn master_keys(settings: &Settings) -> Result<MasterKeyRing> {
+    if let Some(spec) = &settings.master_keys {
+        return Ok(MasterKeyRing::parse(spec.expose_secret())?);
+    }
+    let path = settings.data_dir.join("master.key");
+    let (ring, generated) = MasterKeyRing::load_or_generate_dev(&path)?;
+    tracing::warn!(
+        path = %path.display(),
+        generated,
+        "STRONGROOM_MASTER_KEYS is not set: using a master key from the data directory. This is for development only"
+    );
+    Ok(ring)
+}
+
+fn admin_key(settings: &Settings) -> Result<AdminKey> {
+    if let Some(key) = &settings.admin_key {
+        return Ok(AdminKey::new(key.expose_secret()));
+    }
+    let path = settings.data_dir.join("admin.key");
+    if path.exists() {
+        let key = zeroize::Zeroizing::new(std::fs::read_to_string(&path)?);
+        return Ok(AdminKey::new(key.trim()));
+    }
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, bytes.as_mut());
+    let key = zeroize::Zeroizing::new(format!(
+        "sr_admin_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
+    ));
+    write_secret_file(&path, key.as_bytes())?;
+    // Shown once, on the terminal only (not through the log pipeline), as the contract says.
+    println!(
+        "Generated the admin API key (shown once; also saved to {}):\n\n    {}\n",
+        path.display(),
+        key.as_str()
+    );
+    Ok(AdminKey::new(&key))
+}
+
+fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Detokenize: tokens back to values at a redaction level, in request order.
+
+use super::records::{open_value, render};
+use super::schema::Redaction;
+use super::{Detail, MAX_BATCH, VaultError, VaultService};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// One item of a detokenize answer.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum DetokenizeResult {
+    Found {
+        token: String,
+        value: Value,
+        table: String,
+        column: String,
+        redaction: Redaction,
+    },
+    Failed {
+        token: String,
+        error: ItemError,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemError {
+    pub code: &'static str,
+}
+
+impl VaultService {
+    /// `POST /v1/vaults/{vault}/detokenize`.
+    pub async fn detokenize(
+        &self,
+        vault: &str,
+        tokens: Vec<String>,
+        level: Redaction,
+    ) -> Result<Vec<DetokenizeResult>, VaultError> {
+        if tokens.is_empty() || tokens.len() > MAX_BATCH {
+            return Err(VaultError::invalid(
+                format!("`tokens` must hold 1 to {MAX_BATCH} tokens"),
+                vec![Detail::field(
+                    "tokens",
+                    format!("has {} items", tokens.len()),
+                )],
+            ));
+        }
+        let v = self.load(vault).await?;
+        let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| v.keys.hash_token(t)).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (token_hash) token_hash, record_id, column_id, key_version, sealed
+                 FROM record_values WHERE vault_id = $1 AND token_hash = ANY($2)",
+                &[&v.id, &hashes],
+            )
+            .await?;
+        drop(client);
+        let found: HashMap<Vec<u8>, &tokio_postgres::Row> =
+            rows.iter().map(|r| (r.get(0), r)).collect();
+        let mut out = Vec::with_capacity(tokens.len());
+        for (token, hash) in tokens.into_iter().zip(hashes) {
+            let located = found.get(&hash).and_then(|row| {
+                let column_id: Uuid = row.get(2);
+                v.column_by_id(&column_id).map(|(t, c)| (row, t, c))
+            });
+            let Some((row, table, column)) = located else {
+                out.push(DetokenizeResult::Failed {
+                    token,
+                    error: ItemError { code: "not_found" },
+                });
+                continue;
+            };
+            let record: Uuid = row.get(1);
+            let canonical = open_value(&v, &table.id, &column.id, &record, row.get(3), row.get(4))?;
+            let (value, level) = render(column, &canonical, level);
+            out.push(DetokenizeResult::Found {
+                token,
+                value,
+                table: table.name.clone(),
+                column: column.name.clone(),
+                redaction: level,
+            });
+        }
+        Ok(out)
+    }
+}

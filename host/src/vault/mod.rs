@@ -1,0 +1,225 @@
+//! The vault service: schemas, records, tokens and keys, over PostgreSQL.
+//!
+//! Routes call [`VaultService`]; it validates, encrypts, tokenizes and stores. Schemas and
+//! unwrapped vault keys are cached in memory per vault ([`LoadedVault`]) and dropped (zeroized)
+//! whenever the vault's schema or keys change.
+
+mod detokenize;
+mod keys;
+mod records;
+mod rotation;
+pub mod schema;
+mod store;
+
+pub use detokenize::DetokenizeResult;
+pub use keys::{KeyVersionInfo, KeysReport};
+pub use records::{InsertedRecord, RecordView};
+pub use schema::{Column, NewColumn, NewTable, NewVault, Redaction};
+
+use crate::crypto::{KeyRingError, MasterKeyRing};
+use crate::db::DbError;
+use deadpool_postgres::Pool;
+use keys::VaultKeys;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use uuid::Uuid;
+
+/// Most records in one insert, and most tokens in one detokenize.
+pub const MAX_BATCH: usize = 1000;
+
+/// One problem with a request, pointing at where it is. `reason` never holds a submitted value.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl Detail {
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Detail {
+        Detail {
+            record: None,
+            index: None,
+            field: Some(field.into()),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn record(record: usize, field: impl Into<String>, reason: impl Into<String>) -> Detail {
+        Detail {
+            record: Some(record),
+            ..Detail::field(field, reason)
+        }
+    }
+
+    pub fn index(index: usize, reason: impl Into<String>) -> Detail {
+        Detail {
+            record: None,
+            index: Some(index),
+            field: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What can go wrong in the vault service. The API maps each variant to a status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Vec<Detail>,
+    },
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        details: Vec<Detail>,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Keys(#[from] KeyRingError),
+    /// A stored ciphertext failed to open: tampering, or a bug. Never a client's fault.
+    #[error("a stored value failed its integrity check")]
+    Integrity,
+    #[error("could not allocate a unique token after several attempts")]
+    TokenSpace,
+}
+
+impl VaultError {
+    pub fn invalid(message: impl Into<String>, details: Vec<Detail>) -> VaultError {
+        VaultError::Invalid {
+            message: message.into(),
+            details,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for VaultError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        VaultError::Db(DbError::Postgres(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for VaultError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        VaultError::Db(DbError::Pool(e))
+    }
+}
+
+/// A table of a loaded vault.
+#[derive(Debug)]
+pub struct Table {
+    pub id: Uuid,
+    pub name: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A vault's schema and unwrapped keys, cached in memory.
+#[derive(Debug)]
+pub struct LoadedVault {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub tables: Vec<Table>,
+    keys: VaultKeys,
+    /// column id -> (table index, column index)
+    by_column: HashMap<Uuid, (usize, usize)>,
+}
+
+impl LoadedVault {
+    pub fn table(&self, name: &str) -> Result<&Table, VaultError> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| VaultError::NotFound(format!("table `{name}`")))
+    }
+
+    fn column_by_id(&self, id: &Uuid) -> Option<(&Table, &Column)> {
+        let (t, c) = *self.by_column.get(id)?;
+        let table = &self.tables[t];
+        Some((table, &table.columns[c]))
+    }
+}
+
+/// The vault service. Cheap to clone.
+#[derive(Clone)]
+pub struct VaultService {
+    pool: Pool,
+    ring: Arc<MasterKeyRing>,
+    cache: Arc<RwLock<HashMap<String, Arc<LoadedVault>>>>,
+    rotation: rotation::Worker,
+}
+
+impl VaultService {
+    pub fn new(pool: Pool, ring: Arc<MasterKeyRing>) -> VaultService {
+        VaultService {
+            rotation: rotation::Worker::new(pool.clone(), ring.clone()),
+            pool,
+            ring,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The pool, for health checks.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Checks at start that every stored key opens under the configured master keys, and
+    /// resumes any unfinished background re-encryption.
+    pub async fn check_keys_and_resume(&self) -> Result<(), VaultError> {
+        let client = self.pool.get().await?;
+        let rows = client.query("SELECT name FROM vaults", &[]).await?;
+        drop(client);
+        for row in rows {
+            let name: String = row.get(0);
+            self.load(&name).await?;
+        }
+        self.rotation.resume_all();
+        Ok(())
+    }
+
+    /// The loaded vault `name` (from the cache, else the database).
+    pub async fn load(&self, name: &str) -> Result<Arc<LoadedVault>, VaultError> {
+        if let Some(v) = self.cached(name) {
+            return Ok(v);
+        }
+        let client = self.pool.get().await?;
+        let loaded = Arc::new(store::load_vault(&client, &self.ring, name).await?);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(name.to_string(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<LoadedVault>> {
+        self.cache.read().ok()?.get(name).cloned()
+    }
+
+    /// Drops a vault from the cache (after its schema or keys changed).
+    fn invalidate(&self, name: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(name);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+}

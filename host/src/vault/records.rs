@@ -1,0 +1,912 @@
+//! Records: insert (all or nothing), read, look-up by value, update, delete, tokenize.
+//!
+//! INVARIANT: a plaintext lives only in memory, in `Zeroizing` buffers, between the request and
+//! the cipher. Errors and logs name record indexes and columns, never values.
+
+use super::keys::value_aad;
+use super::schema::{Column, Redaction, fpe_format};
+use super::{Detail, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
+use crate::crypto::{open, seal};
+use crate::tokens::{self, Tokenization};
+use deadpool_postgres::GenericClient;
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// How many times token allocation retries after a collision before giving up.
+const TOKEN_ROUNDS: u32 = 8;
+
+/// The result of inserting one record.
+#[derive(Debug, Serialize)]
+pub struct InsertedRecord {
+    pub id: Uuid,
+    pub tokens: BTreeMap<String, String>,
+}
+
+/// A record as read back at some redaction level.
+#[derive(Debug, Serialize)]
+pub struct RecordView {
+    pub id: Uuid,
+    pub fields: Map<String, Value>,
+}
+
+/// One value on its way into the database.
+struct PendingValue<'a> {
+    record: usize,
+    column: &'a Column,
+    canonical: Zeroizing<String>,
+    token: Option<PendingToken>,
+}
+
+struct PendingToken {
+    token: String,
+    hash: Vec<u8>,
+    binding: Vec<u8>,
+    attempt: u32,
+}
+
+/// Turns a canonical value into the JSON shown at `level` (`Default` resolves to the column's level).
+pub(super) fn render(column: &Column, canonical: &str, level: Redaction) -> (Value, Redaction) {
+    let level = match level {
+        Redaction::Default => column.redaction,
+        other => other,
+    };
+    let value = match level {
+        Redaction::Plain | Redaction::Default => column.data_type.to_json(canonical),
+        Redaction::Masked => Value::String(column.mask.apply(canonical)),
+        Redaction::Redacted => Value::String("*REDACTED*".to_string()),
+    };
+    (value, level)
+}
+
+/// Opens one stored value.
+pub(super) fn open_value(
+    v: &LoadedVault,
+    table: &Uuid,
+    column: &Uuid,
+    record: &Uuid,
+    version: i32,
+    sealed: &[u8],
+) -> Result<Zeroizing<String>, VaultError> {
+    let key = v.data_key(version)?;
+    let bytes = open(
+        key,
+        sealed,
+        &value_aad(&v.id, table, column, record, version),
+    )
+    .map_err(|_| VaultError::Integrity)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| VaultError::Integrity)?;
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+fn make_token(
+    v: &LoadedVault,
+    column: &Column,
+    canonical: &str,
+    attempt: u32,
+) -> Result<Option<PendingToken>, &'static str> {
+    let scope = column.token_scope();
+    let (token, binding) = match column.tokenization {
+        Tokenization::None => return Ok(None),
+        Tokenization::Random => (tokens::random_token(), random_binding()),
+        Tokenization::FormatPreserving => {
+            let format = fpe_format(column.data_type).ok_or("cannot be format-preserved")?;
+            let token =
+                tokens::format_preserving_random(format, canonical).map_err(token_reason)?;
+            (token, random_binding())
+        }
+        Tokenization::Deterministic => {
+            let (det, _) = scope_keys(v, &scope)?;
+            let token = if attempt == 0 {
+                tokens::deterministic_token(det.expose(), canonical)
+            } else {
+                tokens::deterministic_token(det.expose(), &format!("{attempt}\u{0}{canonical}"))
+            };
+            (token, v.keys.binding(&scope, canonical))
+        }
+        Tokenization::DeterministicFormatPreserving => {
+            let format = fpe_format(column.data_type).ok_or("cannot be format-preserved")?;
+            let (_, ff1) = scope_keys(v, &scope)?;
+            let tweak = [scope.as_bytes(), &attempt.to_be_bytes()].concat();
+            let token =
+                tokens::format_preserving_deterministic(format, ff1.expose(), &tweak, canonical)
+                    .map_err(token_reason)?;
+            (token, v.keys.binding(&scope, canonical))
+        }
+    };
+    Ok(Some(PendingToken {
+        hash: v.keys.hash_token(&token),
+        token,
+        binding,
+        attempt,
+    }))
+}
+
+fn scope_keys<'a>(
+    v: &'a LoadedVault,
+    scope: &str,
+) -> Result<&'a (crate::crypto::Key, crate::crypto::Key), &'static str> {
+    v.keys.scopes.get(scope).ok_or("has no token key")
+}
+
+fn token_reason(e: tokens::TokenError) -> &'static str {
+    match e {
+        tokens::TokenError::Unsupported(reason) => reason,
+    }
+}
+
+fn random_binding() -> Vec<u8> {
+    let mut b = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+/// A token that equals its own value is treated as a collision and regenerated.
+fn token_ok(t: &PendingToken, canonical: &str) -> bool {
+    t.token != canonical
+}
+
+impl VaultService {
+    /// Validates and normalises submitted records. Collects every problem before failing.
+    fn prepare<'a>(
+        &self,
+        v: &LoadedVault,
+        t: &'a Table,
+        records: &[Map<String, Value>],
+        enforce_required: bool,
+    ) -> Result<Vec<PendingValue<'a>>, VaultError> {
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for (i, fields) in records.iter().enumerate() {
+            for (name, value) in fields {
+                let Some(column) = t.column(name) else {
+                    errors.push(Detail::record(
+                        i,
+                        name.clone(),
+                        format!("`{name}` is not a column of table `{}`", t.name),
+                    ));
+                    continue;
+                };
+                if value.is_null() {
+                    continue;
+                }
+                match column.data_type.normalize(value) {
+                    Err(e) => errors.push(Detail::record(i, name.clone(), e.reason)),
+                    Ok(canonical) => {
+                        let canonical = Zeroizing::new(canonical);
+                        match make_token(v, column, &canonical, 0) {
+                            Err(reason) => errors.push(Detail::record(i, name.clone(), reason)),
+                            Ok(token) => out.push(PendingValue {
+                                record: i,
+                                column,
+                                canonical,
+                                token,
+                            }),
+                        }
+                    }
+                }
+            }
+            if enforce_required {
+                for c in t.columns.iter().filter(|c| c.required) {
+                    if fields.get(&c.name).is_none_or(Value::is_null) {
+                        errors.push(Detail::record(i, c.name.clone(), "is required"));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(VaultError::invalid(
+                "one or more records are invalid",
+                errors,
+            ))
+        }
+    }
+
+    /// Refuses values that would break a unique column, within the batch or against stored records.
+    async fn check_unique(
+        &self,
+        client: &impl GenericClient,
+        v: &LoadedVault,
+        values: &[PendingValue<'_>],
+        record_ids: &[Uuid],
+        exclude: Option<&Uuid>,
+    ) -> Result<(), VaultError> {
+        let mut seen: HashMap<(Uuid, Vec<u8>), usize> = HashMap::new();
+        let mut errors = Vec::new();
+        let (mut cols, mut keys, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, pv) in values.iter().enumerate().filter(|(_, pv)| pv.column.unique) {
+            let key = v.keys.blind_index(&pv.column.id, &pv.canonical);
+            if let Some(first) = seen.insert((pv.column.id, key.clone()), pv.record) {
+                errors.push(Detail::record(
+                    pv.record,
+                    pv.column.name.clone(),
+                    format!("duplicates the value of record {first} in a unique column"),
+                ));
+            }
+            cols.push(pv.column.id);
+            keys.push(key);
+            idx.push(i);
+        }
+        if !keys.is_empty() {
+            let rows = client
+                .query(
+                    "SELECT x.i FROM unnest($1::uuid[], $2::bytea[], $3::int[]) AS x(c, k, i)
+                     JOIN record_values rv ON rv.column_id = x.c AND rv.unique_key = x.k
+                     WHERE $4::uuid IS NULL OR rv.record_id <> $4",
+                    &[
+                        &cols,
+                        &keys,
+                        &idx.iter().map(|i| *i as i32).collect::<Vec<_>>(),
+                        &exclude,
+                    ],
+                )
+                .await?;
+            for row in rows {
+                let pv = &values[row.get::<_, i32>(0) as usize];
+                errors.push(Detail::record(
+                    pv.record,
+                    pv.column.name.clone(),
+                    "a record with this value already exists in a unique column",
+                ));
+            }
+        }
+        let _ = record_ids;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            errors.sort_by_key(|d| d.record);
+            Err(VaultError::Conflict {
+                message: "a unique column already holds one of the values".into(),
+                details: errors,
+            })
+        }
+    }
+
+    /// Reserves every pending token in `tokens`, regenerating those that collide with a token
+    /// bound to another value. Deterministic tokens already bound to the same value are reused.
+    async fn allocate_tokens(
+        &self,
+        client: &impl GenericClient,
+        v: &LoadedVault,
+        values: &mut [PendingValue<'_>],
+    ) -> Result<(), VaultError> {
+        let mut pending: Vec<usize> = (0..values.len())
+            .filter(|i| values[*i].token.is_some())
+            .collect();
+        for _round in 0..TOKEN_ROUNDS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            // In-batch: one hash, one binding; equal tokens from equal values are fine.
+            let mut batch: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut retry = Vec::new();
+            let mut waiting = Vec::new();
+            for &i in &pending {
+                let pv = &values[i];
+                let Some(t) = &pv.token else { continue };
+                let clash = !token_ok(t, &pv.canonical)
+                    || batch.get(&t.hash).is_some_and(|b| *b != t.binding);
+                if clash {
+                    retry.push((i, true));
+                } else {
+                    batch.insert(t.hash.clone(), t.binding.clone());
+                    waiting.push(i);
+                }
+            }
+            // Sorted hashes give concurrent batches one lock order.
+            let (hashes, bindings): (Vec<Vec<u8>>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+            let inserted: HashSet<Vec<u8>> = client
+                .query(
+                    "INSERT INTO tokens (vault_id, token_hash, binding)
+                     SELECT $1, h, b FROM unnest($2::bytea[], $3::bytea[]) AS x(h, b)
+                     ON CONFLICT DO NOTHING RETURNING token_hash",
+                    &[&v.id, &hashes, &bindings],
+                )
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            let others: Vec<&Vec<u8>> = hashes.iter().filter(|h| !inserted.contains(*h)).collect();
+            let mut existing: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            if !others.is_empty() {
+                // FOR SHARE: a concurrent delete of this token waits until we commit.
+                for row in client
+                    .query(
+                        "SELECT token_hash, binding FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) FOR SHARE",
+                        &[&v.id, &others],
+                    )
+                    .await?
+                {
+                    existing.insert(row.get(0), row.get(1));
+                }
+            }
+            for i in waiting {
+                let Some(t) = &values[i].token else { continue };
+                if inserted.contains(&t.hash) {
+                    continue;
+                }
+                match existing.get(&t.hash) {
+                    Some(b) if *b == t.binding => {}
+                    Some(_) => retry.push((i, true)),
+                    None => retry.push((i, false)),
+                }
+            }
+            for &(i, bump) in &retry {
+                let pv = &mut values[i];
+                let attempt = pv.token.as_ref().map_or(0, |t| t.attempt);
+                // A clash with another value moves to the next attempt (random modes simply draw
+                // again); a token deleted meanwhile is tried again as it is.
+                let next = if bump { attempt + 1 } else { attempt };
+                pv.token = make_token(v, pv.column, &pv.canonical, next)
+                    .map_err(|_| VaultError::TokenSpace)?;
+            }
+            pending = retry.into_iter().map(|(i, _)| i).collect();
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(VaultError::TokenSpace)
+        }
+    }
+
+    /// Seals values and writes them (with their records when `new_records`) in `tx`.
+    async fn write_values(
+        &self,
+        tx: &impl GenericClient,
+        v: &LoadedVault,
+        t: &Table,
+        record_ids: &[Uuid],
+        values: &[PendingValue<'_>],
+        upsert: bool,
+    ) -> Result<(), VaultError> {
+        let (version, key) = v.keys.active();
+        let n = values.len();
+        let (mut rids, mut cids, mut sealed, mut hashes, mut blinds, mut uniques) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for pv in values {
+            let record = record_ids[pv.record];
+            let aad = value_aad(&v.id, &t.id, &pv.column.id, &record, version);
+            sealed.push(seal(key, pv.canonical.as_bytes(), &aad));
+            rids.push(record);
+            cids.push(pv.column.id);
+            hashes.push(pv.token.as_ref().map(|t| t.hash.clone()));
+            let blind = pv
+                .column
+                .indexed()
+                .then(|| v.keys.blind_index(&pv.column.id, &pv.canonical));
+            uniques.push(if pv.column.unique {
+                blind.clone()
+            } else {
+                None
+            });
+            blinds.push(blind);
+        }
+        let sql = if upsert {
+            "INSERT INTO record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
+             SELECT r, c, $7, $8, s, h, b, u FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[]) AS x(r, c, s, h, b, u)
+             ON CONFLICT (record_id, column_id) DO UPDATE SET key_version = excluded.key_version, sealed = excluded.sealed,
+               token_hash = excluded.token_hash, blind_index = excluded.blind_index, unique_key = excluded.unique_key"
+        } else {
+            "INSERT INTO record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
+             SELECT r, c, $7, $8, s, h, b, u FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[]) AS x(r, c, s, h, b, u)"
+        };
+        let result = tx
+            .execute(
+                sql,
+                &[
+                    &rids, &cids, &sealed, &hashes, &blinds, &uniques, &v.id, &version,
+                ],
+            )
+            .await;
+        match result {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(VaultError::Conflict {
+                    message: "a unique column already holds one of the values".into(),
+                    details: vec![],
+                })
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    /// `POST …/records`: all or nothing.
+    pub async fn insert_records(
+        &self,
+        vault: &str,
+        table: &str,
+        records: Vec<Map<String, Value>>,
+    ) -> Result<Vec<InsertedRecord>, VaultError> {
+        check_batch(records.len(), "records")?;
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let mut values = self.prepare(&v, t, &records, true)?;
+        let ids: Vec<Uuid> = (0..records.len()).map(|_| Uuid::new_v4()).collect();
+        self.store_new(&v, t, &ids, &mut values).await?;
+        let mut out: Vec<InsertedRecord> = ids
+            .iter()
+            .map(|id| InsertedRecord {
+                id: *id,
+                tokens: BTreeMap::new(),
+            })
+            .collect();
+        for pv in values {
+            if let Some(tok) = pv.token {
+                out[pv.record]
+                    .tokens
+                    .insert(pv.column.name.clone(), tok.token);
+            }
+        }
+        tracing::debug!(vault = %v.id, table = %t.id, records = out.len(), "inserted records");
+        Ok(out)
+    }
+
+    async fn store_new(
+        &self,
+        v: &LoadedVault,
+        t: &Table,
+        ids: &[Uuid],
+        values: &mut [PendingValue<'_>],
+    ) -> Result<(), VaultError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        self.check_unique(&tx, v, values, ids, None).await?;
+        self.allocate_tokens(&tx, v, values).await?;
+        tx.execute(
+            "INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3",
+            &[&ids, &v.id, &t.id],
+        )
+        .await?;
+        self.write_values(&tx, v, t, ids, values, false).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `GET …/records/{id}`.
+    pub async fn read_record(
+        &self,
+        vault: &str,
+        table: &str,
+        id: &str,
+        level: Redaction,
+        columns: Option<Vec<String>>,
+    ) -> Result<RecordView, VaultError> {
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let wanted = wanted_columns(t, columns)?;
+        let id = parse_record_id(id)?;
+        let mut views = self.read_many(&v, t, &[id], level, wanted.as_ref()).await?;
+        views
+            .pop()
+            .ok_or_else(|| VaultError::NotFound("record".into()))
+    }
+
+    async fn read_many(
+        &self,
+        v: &LoadedVault,
+        t: &Table,
+        ids: &[Uuid],
+        level: Redaction,
+        wanted: Option<&HashSet<Uuid>>,
+    ) -> Result<Vec<RecordView>, VaultError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT r.id, rv.column_id, rv.key_version, rv.sealed FROM records r
+                 LEFT JOIN record_values rv ON rv.record_id = r.id
+                 WHERE r.id = ANY($1) AND r.table_id = $2 ORDER BY r.created_at, r.id",
+                &[&ids, &t.id],
+            )
+            .await?;
+        let mut out: Vec<RecordView> = Vec::new();
+        for row in rows {
+            let id: Uuid = row.get(0);
+            if out.last().is_none_or(|r| r.id != id) {
+                out.push(RecordView {
+                    id,
+                    fields: Map::new(),
+                });
+            }
+            let Some(column_id) = row.get::<_, Option<Uuid>>(1) else {
+                continue;
+            };
+            if wanted.is_some_and(|w| !w.contains(&column_id)) {
+                continue;
+            }
+            let Some(column) = t.columns.iter().find(|c| c.id == column_id) else {
+                continue;
+            };
+            let canonical = open_value(v, &t.id, &column_id, &id, row.get(2), row.get(3))?;
+            let (value, _) = render(column, &canonical, level);
+            if let Some(view) = out.last_mut() {
+                view.fields.insert(column.name.clone(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST …/records/lookup`: records whose `column` holds one of `values`.
+    pub async fn lookup(
+        &self,
+        vault: &str,
+        table: &str,
+        column: &str,
+        values: &[Value],
+        level: Redaction,
+        columns: Option<Vec<String>>,
+    ) -> Result<Vec<RecordView>, VaultError> {
+        check_batch(values.len(), "values")?;
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let wanted = wanted_columns(t, columns)?;
+        let c = t.column(column).ok_or_else(|| {
+            VaultError::invalid(
+                "unknown column",
+                vec![Detail::field(
+                    "column",
+                    format!("`{column}` is not a column of table `{table}`"),
+                )],
+            )
+        })?;
+        if !c.indexed() {
+            return Err(VaultError::invalid(
+                "look-up needs a deterministic or unique column",
+                vec![Detail::field(
+                    "column",
+                    format!("`{column}` is neither deterministic nor unique"),
+                )],
+            ));
+        }
+        let mut errors = Vec::new();
+        let mut blinds = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            match c.data_type.normalize(value) {
+                Ok(canonical) => blinds.push(v.keys.blind_index(&c.id, &Zeroizing::new(canonical))),
+                Err(e) => errors.push(Detail {
+                    field: Some("values".into()),
+                    ..Detail::index(i, e.reason)
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(VaultError::invalid(
+                "one or more values are invalid",
+                errors,
+            ));
+        }
+        let client = self.pool.get().await?;
+        let ids: Vec<Uuid> = client
+            .query(
+                "SELECT DISTINCT record_id FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)",
+                &[&c.id, &blinds],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(client);
+        self.read_many(&v, t, &ids, level, wanted.as_ref()).await
+    }
+
+    /// `PATCH …/records/{id}`: sets (or, with `null`, removes) the given fields.
+    pub async fn update_record(
+        &self,
+        vault: &str,
+        table: &str,
+        id: &str,
+        fields: Map<String, Value>,
+    ) -> Result<InsertedRecord, VaultError> {
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let id = parse_record_id(id)?;
+        if fields.is_empty() {
+            return Err(VaultError::invalid(
+                "nothing to update",
+                vec![Detail::field("fields", "is empty")],
+            ));
+        }
+        let records = [fields];
+        let mut values = self.prepare(&v, t, &records, false)?;
+        let mut errors = Vec::new();
+        let mut cleared = Vec::new();
+        for (name, value) in &records[0] {
+            if let (true, Some(c)) = (value.is_null(), t.column(name)) {
+                if c.required {
+                    errors.push(Detail::field(name.clone(), "is required"));
+                }
+                cleared.push(c.id);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(VaultError::invalid("the update is invalid", errors));
+        }
+        let changed: Vec<Uuid> = values
+            .iter()
+            .map(|pv| pv.column.id)
+            .chain(cleared.iter().copied())
+            .collect();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.query_opt(
+            "SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE",
+            &[&id, &t.id],
+        )
+        .await?
+        .ok_or_else(|| VaultError::NotFound("record".into()))?;
+        let old: Vec<Vec<u8>> = tx
+            .query(
+                "SELECT token_hash FROM record_values WHERE record_id = $1 AND column_id = ANY($2) AND token_hash IS NOT NULL",
+                &[&id, &changed],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.check_unique(&tx, &v, &values, &[id], Some(&id))
+            .await?;
+        self.allocate_tokens(&tx, &v, &mut values).await?;
+        self.write_values(&tx, &v, t, &[id], &values, true).await?;
+        if !cleared.is_empty() {
+            tx.execute(
+                "DELETE FROM record_values WHERE record_id = $1 AND column_id = ANY($2)",
+                &[&id, &cleared],
+            )
+            .await?;
+        }
+        release_tokens(&tx, &v.id, &old).await?;
+        tx.execute(
+            "UPDATE records SET updated_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+        tx.commit().await?;
+        let mut tokens = BTreeMap::new();
+        for pv in values {
+            if let Some(tok) = pv.token {
+                tokens.insert(pv.column.name.clone(), tok.token);
+            }
+        }
+        Ok(InsertedRecord { id, tokens })
+    }
+
+    /// `DELETE …/records/{id}`: destroys the values; tokens no other record holds stop resolving.
+    pub async fn delete_record(
+        &self,
+        vault: &str,
+        table: &str,
+        id: &str,
+    ) -> Result<(), VaultError> {
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let id = parse_record_id(id)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.query_opt(
+            "SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE",
+            &[&id, &t.id],
+        )
+        .await?
+        .ok_or_else(|| VaultError::NotFound("record".into()))?;
+        let hashes: Vec<Vec<u8>> = tx
+            .query(
+                "DELETE FROM record_values WHERE record_id = $1 RETURNING token_hash",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| r.get::<_, Option<Vec<u8>>>(0))
+            .collect();
+        tx.execute("DELETE FROM records WHERE id = $1", &[&id])
+            .await?;
+        release_tokens(&tx, &v.id, &hashes).await?;
+        tx.commit().await?;
+        tracing::debug!(vault = %v.id, table = %t.id, record = %id, "deleted record");
+        Ok(())
+    }
+
+    /// `POST /v1/vaults/{vault}/tokenize`: one token per value. A deterministic column returns
+    /// the existing token for a value it already holds; other values are stored as new records
+    /// holding just that column.
+    pub async fn tokenize(
+        &self,
+        vault: &str,
+        table: &str,
+        column: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<String>, VaultError> {
+        check_batch(values.len(), "values")?;
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let c = t.column(column).ok_or_else(|| {
+            VaultError::invalid(
+                "unknown column",
+                vec![Detail::field(
+                    "column",
+                    format!("`{column}` is not a column of table `{table}`"),
+                )],
+            )
+        })?;
+        if c.tokenization == Tokenization::None {
+            return Err(VaultError::invalid(
+                "the column is not tokenized",
+                vec![Detail::field(
+                    "column",
+                    format!("`{column}` has tokenization none"),
+                )],
+            ));
+        }
+        let records: Vec<Map<String, Value>> = values
+            .into_iter()
+            .map(|value| {
+                if value.is_null() {
+                    return Err(());
+                }
+                let mut m = Map::new();
+                m.insert(column.to_string(), value);
+                Ok(m)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                VaultError::invalid(
+                    "values may not be null",
+                    vec![Detail::field("values", "contains null")],
+                )
+            })?;
+        let mut prepared = self.prepare(&v, t, &records, false).map_err(|e| match e {
+            VaultError::Invalid { message, details } => VaultError::Invalid {
+                message,
+                details: details
+                    .into_iter()
+                    .map(|d| Detail {
+                        index: d.record,
+                        record: None,
+                        field: Some("values".into()),
+                        reason: d.reason,
+                    })
+                    .collect(),
+            },
+            other => other,
+        })?;
+        // Deterministic values already held keep their record; the rest become new records.
+        let mut held = vec![false; prepared.len()];
+        if c.tokenization.is_deterministic() {
+            let blinds: Vec<Vec<u8>> = prepared
+                .iter()
+                .map(|pv| v.keys.blind_index(&c.id, &pv.canonical))
+                .collect();
+            let client = self.pool.get().await?;
+            let present: HashSet<Vec<u8>> = client
+                .query(
+                    "SELECT DISTINCT blind_index FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)",
+                    &[&c.id, &blinds],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for (i, b) in blinds.iter().enumerate() {
+                held[i] = present.contains(b);
+            }
+        }
+        let mut fresh: Vec<PendingValue> = Vec::new();
+        let mut slots: Vec<(bool, usize)> = Vec::new(); // (is fresh, index into fresh or prepared)
+        let mut kept: Vec<PendingValue> = Vec::new();
+        for (i, mut pv) in prepared.drain(..).enumerate() {
+            if held[i] {
+                slots.push((false, kept.len()));
+                kept.push(pv);
+            } else {
+                pv.record = fresh.len();
+                slots.push((true, fresh.len()));
+                fresh.push(pv);
+            }
+        }
+        if !kept.is_empty() {
+            // Resolve each held value's existing token (normally attempt 0; later attempts after a collision).
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            self.allocate_tokens(&tx, &v, &mut kept).await?;
+            tx.commit().await?;
+        }
+        if !fresh.is_empty() {
+            let ids: Vec<Uuid> = (0..fresh.len()).map(|_| Uuid::new_v4()).collect();
+            self.store_new(&v, t, &ids, &mut fresh).await?;
+        }
+        let mut out = Vec::with_capacity(slots.len());
+        for (is_fresh, i) in slots {
+            let pv = if is_fresh { &fresh[i] } else { &kept[i] };
+            out.push(
+                pv.token
+                    .as_ref()
+                    .map(|t| t.token.clone())
+                    .ok_or(VaultError::TokenSpace)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Deletes the tokens among `hashes` that no stored value references any more.
+async fn release_tokens(
+    tx: &impl GenericClient,
+    vault: &Uuid,
+    hashes: &[Vec<u8>],
+) -> Result<(), VaultError> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    // Lock first, then check in a new statement (a fresh snapshot): an insert that is reusing
+    // one of these tokens holds FOR SHARE on it until it commits its values.
+    tx.execute(
+        "SELECT 1 FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) ORDER BY token_hash FOR UPDATE",
+        &[vault, &hashes],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM tokens t WHERE t.vault_id = $1 AND t.token_hash = ANY($2)
+         AND NOT EXISTS (SELECT 1 FROM record_values rv WHERE rv.vault_id = $1 AND rv.token_hash = t.token_hash)",
+        &[vault, &hashes],
+    )
+    .await?;
+    Ok(())
+}
+
+fn check_batch(n: usize, what: &str) -> Result<(), VaultError> {
+    if n == 0 {
+        return Err(VaultError::invalid(
+            format!("`{what}` is empty"),
+            vec![Detail::field(what, "needs at least one item")],
+        ));
+    }
+    if n > MAX_BATCH {
+        return Err(VaultError::invalid(
+            format!("too many {what}: at most {MAX_BATCH} per request"),
+            vec![Detail::field(
+                what,
+                format!("has {n} items; the limit is {MAX_BATCH}"),
+            )],
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn parse_record_id(id: &str) -> Result<Uuid, VaultError> {
+    Uuid::parse_str(id).map_err(|_| VaultError::NotFound("record".into()))
+}
+
+fn wanted_columns(
+    t: &Table,
+    columns: Option<Vec<String>>,
+) -> Result<Option<HashSet<Uuid>>, VaultError> {
+    let Some(names) = columns else {
+        return Ok(None);
+    };
+    let mut set = HashSet::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match t.column(&name) {
+            Some(c) => {
+                set.insert(c.id);
+            }
+            None => errors.push(Detail::field(
+                "columns",
+                format!("`{name}` is not a column of table `{}`", t.name),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Some(set))
+    } else {
+        Err(VaultError::invalid("unknown columns", errors))
+    }
+}

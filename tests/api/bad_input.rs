@@ -1,0 +1,198 @@
+//! Bad input gets the right 4xx in the contract's shape, stores nothing, and echoes no value.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use strongroom_tests::{TestApp, assert_error};
+
+const RECORDS: &str = "/v1/vaults/payments/tables/customers/records";
+
+#[tokio::test]
+async fn authentication_is_required() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.call_as(None, Method::GET, "/v1/vaults", None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (status, body) = app
+        .call_as(
+            Some("wrong-key-wrong-key-wrong-key-wrong-key"),
+            Method::GET,
+            "/v1/vaults",
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (status, body) = app.call_as(None, Method::GET, "/healthz", None).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = app.call_as(None, Method::GET, "/readyz", None).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let resp = app
+        .client
+        .get(format!("{}/v1/vaults/nope", app.base))
+        .bearer_auth(strongroom_tests::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], id);
+}
+
+#[tokio::test]
+async fn malformed_bodies() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            RECORDS,
+            "application/json",
+            b"{\"records\": [".to_vec(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_json");
+    let (status, body) = app
+        .raw(Method::POST, RECORDS, "text/plain", b"{}".to_vec())
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let (status, body) = app
+        .post(
+            RECORDS,
+            json!({"records": [{"fields": {"name": "A"}, "extra": 1}]}),
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(err["message"].as_str().unwrap().contains("extra"), "{body}");
+    let (status, body) = app
+        .post(RECORDS, json!({"records": "4111111111111111"}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(!body.to_string().contains("4111111111111111"), "{body}");
+    let (status, body) = app.post(RECORDS, json!({"records": []})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn invalid_values_are_named_not_echoed() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let secrets = [
+        "4111111111111112",
+        "666-12-3456",
+        "not-an-email@",
+        "2999-01-01",
+    ];
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": {"card_number": secrets[0], "ssn": secrets[1], "email": secrets[2], "dob": secrets[3], "region": 12, "nope": "x"}}]}))
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let mut fields: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["card_number", "dob", "email", "nope", "region", "ssn"],
+        "{body}"
+    );
+    let text = body.to_string();
+    for s in secrets {
+        assert!(!text.contains(s), "{s} echoed: {text}");
+    }
+    let n: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn too_many_records_and_oversized_bodies() {
+    let app = TestApp::spawn_with(|s| s.max_body_bytes = 256 * 1024).await;
+    app.payments_vault().await;
+    let records: Vec<_> = (0..1001)
+        .map(|_| json!({"fields": {"region": "CA"}}))
+        .collect();
+    let (status, body) = app.post(RECORDS, json!({"records": records})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let big = "x".repeat(300 * 1024);
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": {"region": big}}]}))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let n: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn unknown_things_are_not_found() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    for path in [
+        "/v1/vaults/nope",
+        "/v1/vaults/payments/tables/nope/records/00000000-0000-4000-8000-000000000000",
+        "/v1/vaults/payments/tables/customers/records/not-a-uuid",
+        "/v1/vaults/payments/tables/customers/records/00000000-0000-4000-8000-000000000000",
+        "/v1/no/such/endpoint",
+    ] {
+        let (status, body) = app.get(path).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    }
+    let (status, body) = app
+        .post("/v1/vaults/nope/detokenize", json!({"tokens": ["x"]}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "nope", "values": ["x"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app.call(Method::PUT, "/v1/vaults", None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}

@@ -1,0 +1,110 @@
+//! No plaintext at rest or in logs: insert known values, then scan a `pg_dump` of the database
+//! and everything the servers logged at debug level.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use strongroom_tests::TestApp;
+
+const VALUES: &[&str] = &[
+    "Zebediah Quixote",
+    "zebediah.quixote@example.com",
+    "4012888888881881",
+    "219-09-9999",
+    "1984-02-29",
+    "Nowhereville",
+];
+
+fn pg_dump_path() -> std::path::PathBuf {
+    let bindir = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match bindir {
+        Some(dir) if std::path::Path::new(&dir).join("pg_dump").exists() => {
+            std::path::Path::new(&dir).join("pg_dump")
+        }
+        _ => "pg_dump".into(),
+    }
+}
+
+#[tokio::test]
+async fn no_plaintext_in_database_dump_or_logs() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post("/v1/vaults/payments/tables/customers/records", json!({"records": [{"fields": {
+            "name": VALUES[0], "email": VALUES[1], "card_number": VALUES[2], "ssn": VALUES[3], "dob": VALUES[4], "region": VALUES[5]}}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["records"][0]["id"].as_str().unwrap().to_string();
+    // exercise reads, look-ups, detokenize, updates and a rejected request too
+    app.get(&format!(
+        "/v1/vaults/payments/tables/customers/records/{id}?redaction=plain"
+    ))
+    .await;
+    app.post(
+        "/v1/vaults/payments/tables/customers/records/lookup",
+        json!({"column": "email", "values": [VALUES[1]], "redaction": "plain"}),
+    )
+    .await;
+    let tokens: Vec<_> = body["records"][0]["tokens"]
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    app.post(
+        "/v1/vaults/payments/detokenize",
+        json!({"tokens": tokens, "redaction": "plain"}),
+    )
+    .await;
+    app.patch(
+        &format!("/v1/vaults/payments/tables/customers/records/{id}"),
+        json!({"fields": {"region": VALUES[5]}}),
+    )
+    .await;
+    app.post(
+        "/v1/vaults/payments/tables/customers/records",
+        json!({"records": [{"fields": {"card_number": "4012888888881882", "name": VALUES[0]}}]}),
+    )
+    .await;
+    app.post("/v1/vaults/payments/keys/rotate", json!({})).await;
+
+    let config = &app.db;
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+    };
+    let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
+    let out = std::process::Command::new(pg_dump_path())
+        .args([
+            "--no-owner",
+            "-h",
+            &host,
+            "-U",
+            config.get_user().unwrap(),
+            "-d",
+            &app.db_name,
+        ])
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(dump.contains("record_values"), "dump looks empty");
+    let logs = strongroom_tests::logs().to_lowercase();
+    assert!(logs.contains("request"), "no logs captured");
+    for value in VALUES
+        .iter()
+        .chain(["4012888888881882", "219099999"].iter())
+    {
+        let v = value.to_lowercase();
+        assert!(!dump.contains(&v), "`{value}` found in pg_dump");
+        assert!(!logs.contains(&v), "`{value}` found in the server log");
+    }
+}

@@ -1,0 +1,355 @@
+use crate::luhn;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use strongroom_tests::{TestApp, assert_error};
+
+const RECORDS: &str = "/v1/vaults/payments/tables/customers/records";
+
+fn ada() -> Value {
+    json!({"name": "Ada Lovelace", "email": "Ada@Example.com", "card_number": "4111 1111 1111 1111",
+           "ssn": "123-45-6789", "dob": "1990-05-17", "region": "CA"})
+}
+
+async fn insert(app: &TestApp, fields: Value) -> Value {
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": fields}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"][0].clone()
+}
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    app.db()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn insert_returns_tokens_and_reads_back_at_each_level() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let id = rec["id"].as_str().unwrap();
+    let tokens = rec["tokens"].as_object().unwrap();
+    for col in ["name", "email", "card_number", "ssn", "dob", "region"] {
+        assert!(tokens.contains_key(col), "{col}: {rec}");
+    }
+    let card = tokens["card_number"].as_str().unwrap();
+    assert_eq!(card.len(), 16);
+    assert!(
+        card.ends_with("1111") && luhn(card) && card != "4111111111111111",
+        "{card}"
+    );
+
+    let (status, plain) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert_eq!(plain["id"], id);
+    assert_eq!(plain["fields"]["email"], "ada@example.com");
+    assert_eq!(plain["fields"]["card_number"], "4111111111111111");
+    assert_eq!(plain["fields"]["ssn"], "123-45-6789");
+    assert_eq!(plain["fields"]["name"], "Ada Lovelace");
+
+    let (_, masked) = app.get(&format!("{RECORDS}/{id}?redaction=masked")).await;
+    assert_eq!(masked["fields"]["card_number"], "XXXXXXXXXXXX1111");
+    assert_eq!(masked["fields"]["ssn"], "XXX-XX-6789");
+    assert_eq!(masked["fields"]["email"], "a***@example.com");
+
+    let (_, redacted) = app.get(&format!("{RECORDS}/{id}?redaction=redacted")).await;
+    assert_eq!(redacted["fields"]["ssn"], "*REDACTED*");
+
+    // default: each column's own level (privacy types masked, plain strings plain)
+    let (_, default) = app.get(&format!("{RECORDS}/{id}")).await;
+    assert_eq!(default["fields"]["card_number"], "XXXXXXXXXXXX1111");
+    assert_eq!(default["fields"]["region"], "CA");
+
+    let (_, some) = app
+        .get(&format!(
+            "{RECORDS}/{id}?redaction=plain&columns=email,region"
+        ))
+        .await;
+    assert_eq!(some["fields"].as_object().unwrap().len(), 2, "{some}");
+    let (status, body) = app.get(&format!("{RECORDS}/{id}?columns=nope")).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .get(&format!("{RECORDS}/{id}?redaction=everything"))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let mut records: Vec<Value> = (0..5)
+        .map(|i| json!({"fields": {"name": format!("Person {i}"), "email": format!("p{i}@example.com")}}))
+        .collect();
+    records[3] = json!({"fields": {"name": "Bad Card", "card_number": "4111111111111112"}});
+    let (status, body) = app.post(RECORDS, json!({"records": records})).await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(err["details"][0]["record"], 3, "{body}");
+    assert_eq!(err["details"][0]["field"], "card_number", "{body}");
+    assert!(!body.to_string().contains("4111111111111112"));
+    assert_eq!(count(&app, "records").await, 0);
+    assert_eq!(count(&app, "record_values").await, 0);
+    assert_eq!(count(&app, "tokens").await, 0);
+}
+
+#[tokio::test]
+async fn unique_columns_are_enforced_without_plaintext() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    insert(&app, json!({"email": "ada@example.com"})).await;
+    // equal after normalisation
+    let (status, body) = app
+        .post(
+            RECORDS,
+            json!({"records": [{"fields": {"email": "ADA@example.com"}}]}),
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(err["details"][0]["field"], "email");
+    // duplicates inside one batch
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": {"email": "x@example.com"}}, {"fields": {"email": "x@example.com"}}]}))
+        .await;
+    let err = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(err["details"][0]["record"], 1);
+    assert_eq!(count(&app, "records").await, 1);
+}
+
+#[tokio::test]
+async fn lookup_by_value() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    insert(
+        &app,
+        json!({"name": "Grace Hopper", "email": "grace@example.com"}),
+    )
+    .await;
+    let (status, body) = app
+        .post(&format!("{RECORDS}/lookup"), json!({"column": "email", "values": ["ADA@example.com", "nobody@example.com"], "redaction": "masked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let found = body["records"].as_array().unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], rec["id"]);
+    assert_eq!(found[0]["fields"]["card_number"], "XXXXXXXXXXXX1111");
+    let (status, body) = app
+        .post(
+            &format!("{RECORDS}/lookup"),
+            json!({"column": "ssn", "values": ["123-45-6789"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .post(
+            &format!("{RECORDS}/lookup"),
+            json!({"column": "email", "values": ["not-an-email"]}),
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(err["details"][0]["index"], 0);
+}
+
+#[tokio::test]
+async fn update_changes_values_and_retires_old_tokens() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let id = rec["id"].as_str().unwrap();
+    let old_card = rec["tokens"]["card_number"].as_str().unwrap().to_string();
+    let (status, body) = app
+        .patch(
+            &format!("{RECORDS}/{id}"),
+            json!({"fields": {"card_number": "5555555555554444", "region": null}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_card = body["tokens"]["card_number"].as_str().unwrap().to_string();
+    assert!(new_card.ends_with("4444"));
+    let (_, read) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_eq!(read["fields"]["card_number"], "5555555555554444");
+    assert!(read["fields"].get("region").is_none(), "{read}");
+    let (_, det) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [old_card, new_card], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(det["results"][0]["error"]["code"], "not_found", "{det}");
+    assert_eq!(det["results"][1]["value"], "5555555555554444", "{det}");
+    let (status, body) = app
+        .patch(
+            &format!("{RECORDS}/{id}"),
+            json!({"fields": {"card_number": "1234"}}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .patch(
+            "/v1/vaults/payments/tables/customers/records/00000000-0000-4000-8000-000000000000",
+            json!({"fields": {"name": "X"}}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn delete_destroys_values_and_kills_tokens() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let id = rec["id"].as_str().unwrap();
+    let tokens: Vec<Value> = rec["tokens"]
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    let (status, _) = app.delete(&format!("{RECORDS}/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.get(&format!("{RECORDS}/{id}")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (_, det) = app
+        .post("/v1/vaults/payments/detokenize", json!({"tokens": tokens}))
+        .await;
+    for r in det["results"].as_array().unwrap() {
+        assert_eq!(r["error"]["code"], "not_found", "{det}");
+    }
+    assert_eq!(count(&app, "record_values").await, 0);
+    assert_eq!(count(&app, "tokens").await, 0);
+    let (status, body) = app.delete(&format!("{RECORDS}/{id}")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn deterministic_token_lives_while_another_record_holds_the_value() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "crm", "tables": [{"name": "leads", "columns": [
+            {"name": "email", "type": "email", "tokenization": "deterministic"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = "/v1/vaults/crm/tables/leads/records";
+    let (_, body) = app
+        .post(path, json!({"records": [{"fields": {"email": "same@example.com"}}, {"fields": {"email": "SAME@example.com"}}]}))
+        .await;
+    let (a, b) = (&body["records"][0], &body["records"][1]);
+    assert_eq!(a["tokens"]["email"], b["tokens"]["email"]);
+    let token = a["tokens"]["email"].clone();
+    app.delete(&format!("{path}/{}", a["id"].as_str().unwrap()))
+        .await;
+    let (_, det) = app
+        .post(
+            "/v1/vaults/crm/detokenize",
+            json!({"tokens": [token], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(det["results"][0]["value"], "same@example.com", "{det}");
+    app.delete(&format!("{path}/{}", b["id"].as_str().unwrap()))
+        .await;
+    let (_, det) = app
+        .post("/v1/vaults/crm/detokenize", json!({"tokens": [token]}))
+        .await;
+    assert_eq!(det["results"][0]["error"]["code"], "not_found", "{det}");
+}
+
+#[tokio::test]
+async fn tokenize_endpoint() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let (status, body) = app
+        .post("/v1/vaults/payments/tokenize", json!({"table": "customers", "column": "email", "values": ["ada@example.com", "new@example.com"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["tokens"][0], rec["tokens"]["email"],
+        "existing value keeps its token"
+    );
+    let (_, again) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "email", "values": ["new@example.com"]}),
+        )
+        .await;
+    assert_eq!(again["tokens"][0], body["tokens"][1]);
+    let (_, r1) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "ssn", "values": ["078-05-1120"]}),
+        )
+        .await;
+    let (_, r2) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "ssn", "values": ["078-05-1120"]}),
+        )
+        .await;
+    assert_ne!(r1["tokens"][0], r2["tokens"][0], "random tokens differ");
+    let (_, det) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [r1["tokens"][0], body["tokens"][1]], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(det["results"][0]["value"], "078-05-1120", "{det}");
+    assert_eq!(det["results"][1]["value"], "new@example.com", "{det}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "ssn", "values": ["000-12-3456"]}),
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(err["details"][0]["index"], 0);
+}
+
+#[tokio::test]
+async fn detokenize_keeps_order_and_reports_unknown_tokens() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let t = &rec["tokens"];
+    let (status, body) = app
+        .post("/v1/vaults/payments/detokenize", json!({"tokens": [t["ssn"], "tok_doesnotexist", t["email"], t["card_number"]], "redaction": "masked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = body["results"].as_array().unwrap();
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0]["token"], t["ssn"]);
+    assert_eq!(r[0]["value"], "XXX-XX-6789");
+    assert_eq!(r[0]["table"], "customers");
+    assert_eq!(r[0]["column"], "ssn");
+    assert_eq!(r[0]["redaction"], "masked");
+    assert_eq!(r[1]["error"]["code"], "not_found");
+    assert_eq!(r[2]["value"], "a***@example.com");
+    assert_eq!(r[3]["value"], "XXXXXXXXXXXX1111");
+    let (_, body) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [t["region"], t["ssn"]], "redaction": "default"}),
+        )
+        .await;
+    assert_eq!(body["results"][0]["redaction"], "plain");
+    assert_eq!(body["results"][1]["redaction"], "masked");
+    let (_, body) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [t["dob"]], "redaction": "redacted"}),
+        )
+        .await;
+    assert_eq!(body["results"][0]["value"], "*REDACTED*");
+    let many: Vec<String> = (0..1001).map(|i| format!("tok_{i}")).collect();
+    let (status, body) = app
+        .post("/v1/vaults/payments/detokenize", json!({"tokens": many}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}

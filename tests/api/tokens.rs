@@ -1,0 +1,144 @@
+//! Token properties, through the API.
+
+use crate::luhn;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use strongroom_tests::{TestApp, test_settings};
+
+fn schema() -> Value {
+    json!({"name": "t", "tables": [
+        {"name": "a", "columns": [
+            {"name": "email", "type": "email", "tokenization": "deterministic", "token_group": "emails"},
+            {"name": "email2", "type": "email", "tokenization": "deterministic"},
+            {"name": "card", "type": "card_number", "tokenization": "deterministic_format_preserving"},
+            {"name": "rcard", "type": "card_number", "tokenization": "format_preserving"},
+            {"name": "phone", "type": "phone", "tokenization": "format_preserving"},
+            {"name": "ssn", "type": "ssn", "tokenization": "format_preserving"},
+            {"name": "mail", "type": "email", "tokenization": "format_preserving"},
+            {"name": "note", "type": "string"},
+            {"name": "secret", "type": "string", "tokenization": "none"}]},
+        {"name": "b", "columns": [
+            {"name": "email", "type": "email", "tokenization": "deterministic", "token_group": "emails"}]}
+    ]})
+}
+
+async fn insert(app: &TestApp, table: &str, fields: Value) -> Value {
+    let (status, body) = app
+        .post(
+            &format!("/v1/vaults/t/tables/{table}/records"),
+            json!({"records": [{"fields": fields}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"][0]["tokens"].clone()
+}
+
+#[tokio::test]
+async fn deterministic_tokens_properties() {
+    let mut app = TestApp::spawn().await;
+    let (status, body) = app.post("/v1/vaults", schema()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let t1 = insert(&app, "a", json!({"email": "Ann@Example.com", "email2": "ann@example.com", "card": "4111111111111111"})).await;
+    let t2 = insert(&app, "a", json!({"email": "ann@example.com", "email2": "ANN@example.com", "card": "4111 1111 1111 1111"})).await;
+    let tb = insert(&app, "b", json!({"email": "ann@example.com"})).await;
+    assert_eq!(
+        t1["email"], t2["email"],
+        "equal normalised values, equal tokens"
+    );
+    assert_eq!(t1["email2"], t2["email2"]);
+    assert_ne!(t1["email"], t1["email2"], "columns outside a group differ");
+    assert_eq!(t1["email"], tb["email"], "a token group spans tables");
+    assert_eq!(t1["card"], t2["card"]);
+    let card = t1["card"].as_str().unwrap();
+    assert!(
+        card.len() == 16 && card.ends_with("1111") && luhn(card) && card != "4111111111111111",
+        "{card}"
+    );
+    assert!(t1.get("secret").is_none());
+
+    // stable across a data-key rotation ...
+    let (status, _) = app.post("/v1/vaults/t/keys/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let t3 = insert(
+        &app,
+        "a",
+        json!({"email2": "ann@example.com", "card": "4111111111111111"}),
+    )
+    .await;
+    assert_eq!(t3["email2"], t1["email2"]);
+    assert_eq!(t3["card"], t1["card"]);
+
+    // ... and across a restart
+    app.stop().await;
+    let data_dir = strongroom_tests::temp_dir("strongroom-test-data");
+    let app2 = TestApp::start(
+        test_settings(data_dir.clone()),
+        app.db_name.clone(),
+        app.db.clone(),
+        data_dir,
+    )
+    .await;
+    let t4 = insert(
+        &app2,
+        "a",
+        json!({"email2": "ann@example.com", "card": "4111111111111111"}),
+    )
+    .await;
+    assert_eq!(t4["email2"], t1["email2"]);
+    assert_eq!(t4["card"], t1["card"]);
+}
+
+#[tokio::test]
+async fn format_preserving_tokens_keep_their_shape() {
+    let app = TestApp::spawn().await;
+    app.post("/v1/vaults", schema()).await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        let t = insert(
+            &app,
+            "a",
+            json!({
+            "rcard": "5555555555554444", "phone": "+44 20 7946 0958", "ssn": "123-45-6789",
+            "mail": format!("jane.doe{i}@example.org"), "note": "hello"}),
+        )
+        .await;
+        let card = t["rcard"].as_str().unwrap();
+        assert!(
+            card.len() == 16 && card.ends_with("4444") && luhn(card) && card != "5555555555554444",
+            "{card}"
+        );
+        let phone = t["phone"].as_str().unwrap();
+        assert!(
+            phone.starts_with("+44")
+                && phone.len() == "+442079460958".len()
+                && phone != "+442079460958",
+            "{phone}"
+        );
+        assert!(phone[1..].chars().all(|c| c.is_ascii_digit()), "{phone}");
+        let ssn = t["ssn"].as_str().unwrap();
+        let b = ssn.as_bytes();
+        assert!(
+            ssn.len() == 11 && b[3] == b'-' && b[6] == b'-' && ssn != "123-45-6789",
+            "{ssn}"
+        );
+        let mail = t["mail"].as_str().unwrap();
+        assert!(
+            mail.ends_with("@example.org") && mail != format!("jane.doe{i}@example.org"),
+            "{mail}"
+        );
+        let note = t["note"].as_str().unwrap();
+        assert!(note.starts_with("tok_") && note.len() == 30, "{note}");
+        assert!(
+            note[4..]
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)),
+            "{note}"
+        );
+        for tok in t.as_object().unwrap().values() {
+            assert!(
+                seen.insert(tok.as_str().unwrap().to_string()),
+                "token reused: {tok}"
+            );
+        }
+    }
+}
