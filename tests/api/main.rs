@@ -1,4 +1,5 @@
 //! End-to-end tests: real HTTP to a real server on a real PostgreSQL.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // helpers outside #[test] fns
 
 mod bad_input;
 mod keys;

@@ -9,7 +9,7 @@ const VALUES: &[&str] = &[
     "Zebediah Quixote",
     "zebediah.quixote@example.com",
     "4012888888881881",
-    "219-09-9999",
+    "287-65-4321",
     "1984-02-29",
     "Nowhereville",
 ];

@@ -284,13 +284,13 @@ async fn tokenize_endpoint() {
     let (_, r1) = app
         .post(
             "/v1/vaults/payments/tokenize",
-            json!({"table": "customers", "column": "ssn", "values": ["078-05-1120"]}),
+            json!({"table": "customers", "column": "ssn", "values": ["512-78-3456"]}),
         )
         .await;
     let (_, r2) = app
         .post(
             "/v1/vaults/payments/tokenize",
-            json!({"table": "customers", "column": "ssn", "values": ["078-05-1120"]}),
+            json!({"table": "customers", "column": "ssn", "values": ["512-78-3456"]}),
         )
         .await;
     assert_ne!(r1["tokens"][0], r2["tokens"][0], "random tokens differ");
@@ -300,7 +300,7 @@ async fn tokenize_endpoint() {
             json!({"tokens": [r1["tokens"][0], body["tokens"][1]], "redaction": "plain"}),
         )
         .await;
-    assert_eq!(det["results"][0]["value"], "078-05-1120", "{det}");
+    assert_eq!(det["results"][0]["value"], "512-78-3456", "{det}");
     assert_eq!(det["results"][1]["value"], "new@example.com", "{det}");
     let (status, body) = app
         .post(

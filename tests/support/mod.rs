@@ -1,6 +1,10 @@
 //! Test support: a real PostgreSQL (started once per test binary with Strongroom's own manager),
 //! a migrated template database, and [`TestApp`]: a real server on a free port over a fresh
 //! database, spoken to over real HTTP.
+//!
+//! Setup failures panic: a harness that cannot start PostgreSQL or a server should stop the test
+//! with the reason, which is what `expect` gives.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -1,4 +1,22 @@
-//! placeholder (STUB: replaced by the real module)
+//! Column data types: validation, normalisation and masks.
+//!
+//! Every submitted value goes through [`DataType::normalize`], which either returns the value's
+//! canonical text (what is encrypted, blind-indexed and tokenized) or an [`InvalidValue`] whose
+//! reason is a fixed sentence: a reason never contains any part of the submitted value, so errors
+//! can be logged and returned without leaking it.
+
+mod checks;
+mod mask;
+
+pub use mask::Mask;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// Longest accepted `string`, `address` or `json` value, in bytes of canonical text.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// A column's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataType {
@@ -23,47 +41,515 @@ pub enum DataType {
     IpAddress,
     Passport,
 }
-impl DataType {
-    pub fn parse(s: &str) -> Option<DataType> {
-        serde_json::from_value(serde_json::Value::String(s.into())).ok()
-    }
-    pub fn as_str(self) -> &'static str {
-        "string"
-    }
-    pub fn is_privacy_type(self) -> bool {
-        true
-    }
-    pub fn normalize(self, input: &serde_json::Value) -> Result<String, InvalidValue> {
-        input.as_str().map(str::to_string).ok_or(InvalidValue {
-            reason: "expected a string",
-        })
-    }
-    pub fn to_json(self, canonical: &str) -> serde_json::Value {
-        serde_json::Value::String(canonical.into())
-    }
-    pub fn default_mask(self) -> Mask {
-        Mask::Full
-    }
-}
+
+/// Why a value was refused. The reason never quotes the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct InvalidValue {
     pub reason: &'static str,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mask {
-    Full,
+
+fn invalid<T>(reason: &'static str) -> Result<T, InvalidValue> {
+    Err(InvalidValue { reason })
 }
-impl Mask {
-    pub fn parse(s: &str) -> Option<Mask> {
-        (s == "full").then_some(Mask::Full)
+
+const ALL: [DataType; 20] = [
+    DataType::String,
+    DataType::Integer,
+    DataType::Boolean,
+    DataType::Date,
+    DataType::Datetime,
+    DataType::Json,
+    DataType::Name,
+    DataType::Email,
+    DataType::Phone,
+    DataType::CardNumber,
+    DataType::CardExpiry,
+    DataType::Ssn,
+    DataType::Iban,
+    DataType::UsRoutingNumber,
+    DataType::BankAccount,
+    DataType::DateOfBirth,
+    DataType::Address,
+    DataType::PostalCode,
+    DataType::IpAddress,
+    DataType::Passport,
+];
+
+impl DataType {
+    /// Every type, in the order API.md lists them.
+    pub fn all() -> &'static [DataType] {
+        &ALL
     }
-    pub fn apply(self, canonical: &str) -> String {
-        "X".repeat(canonical.len())
+
+    /// Parses the API name (`card_number`, …).
+    pub fn parse(s: &str) -> Option<DataType> {
+        ALL.iter().copied().find(|t| t.as_str() == s)
+    }
+
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::String => "string",
+            DataType::Integer => "integer",
+            DataType::Boolean => "boolean",
+            DataType::Date => "date",
+            DataType::Datetime => "datetime",
+            DataType::Json => "json",
+            DataType::Name => "name",
+            DataType::Email => "email",
+            DataType::Phone => "phone",
+            DataType::CardNumber => "card_number",
+            DataType::CardExpiry => "card_expiry",
+            DataType::Ssn => "ssn",
+            DataType::Iban => "iban",
+            DataType::UsRoutingNumber => "us_routing_number",
+            DataType::BankAccount => "bank_account",
+            DataType::DateOfBirth => "date_of_birth",
+            DataType::Address => "address",
+            DataType::PostalCode => "postal_code",
+            DataType::IpAddress => "ip_address",
+            DataType::Passport => "passport",
+        }
+    }
+
+    /// Privacy types are masked by default; generic types are shown plain by default.
+    pub fn is_privacy_type(self) -> bool {
+        !matches!(
+            self,
+            DataType::String
+                | DataType::Integer
+                | DataType::Boolean
+                | DataType::Date
+                | DataType::Datetime
+                | DataType::Json
+        )
+    }
+
+    /// Validates a submitted JSON value and returns its canonical text.
+    pub fn normalize(self, input: &Value) -> Result<String, InvalidValue> {
+        match self {
+            DataType::Integer => return integer(input),
+            DataType::Boolean => {
+                return match input {
+                    Value::Bool(b) => Ok(b.to_string()),
+                    _ => invalid("expected a boolean"),
+                };
+            }
+            DataType::Json => {
+                let text = input.to_string();
+                if text.len() > MAX_TEXT_BYTES {
+                    return invalid("is longer than 65536 bytes");
+                }
+                return Ok(text);
+            }
+            _ => {}
+        }
+        let Value::String(s) = input else {
+            return invalid("expected a string");
+        };
+        match self {
+            DataType::String => {
+                if s.len() > MAX_TEXT_BYTES {
+                    return invalid("is longer than 65536 bytes");
+                }
+                if s.contains('\0') {
+                    return invalid("contains a NUL character");
+                }
+                Ok(s.clone())
+            }
+            DataType::Date => date(s).map(|d| d.format("%Y-%m-%d").to_string()),
+            DataType::Datetime => datetime(s),
+            DataType::Name => name(s),
+            DataType::Email => checks::email(s),
+            DataType::Phone => checks::phone(s),
+            DataType::CardNumber => checks::card_number(s),
+            DataType::CardExpiry => checks::card_expiry(s),
+            DataType::Ssn => checks::ssn(s),
+            DataType::Iban => checks::iban(s),
+            DataType::UsRoutingNumber => checks::routing_number(s),
+            DataType::BankAccount => checks::bank_account(s),
+            DataType::DateOfBirth => date_of_birth(s, Utc::now().date_naive()),
+            DataType::Address => address(s),
+            DataType::PostalCode => checks::postal_code(s),
+            DataType::IpAddress => s
+                .trim()
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_string())
+                .or_else(|_| invalid("is not an IPv4 or IPv6 address")),
+            DataType::Passport => checks::passport(s),
+            DataType::Integer | DataType::Boolean | DataType::Json => invalid("expected a string"),
+        }
+    }
+
+    /// The JSON a canonical value is returned as (numbers and booleans keep their JSON type).
+    pub fn to_json(self, canonical: &str) -> Value {
+        match self {
+            DataType::Integer => canonical
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(canonical.to_string())),
+            DataType::Boolean => Value::Bool(canonical == "true"),
+            DataType::Json => serde_json::from_str(canonical)
+                .unwrap_or_else(|_| Value::String(canonical.to_string())),
+            _ => Value::String(canonical.to_string()),
+        }
+    }
+
+    /// The mask `redaction=masked` applies when a column does not set its own.
+    pub fn default_mask(self) -> Mask {
+        match self {
+            DataType::CardNumber
+            | DataType::Ssn
+            | DataType::Phone
+            | DataType::Iban
+            | DataType::UsRoutingNumber
+            | DataType::BankAccount => Mask::KeepLast(4),
+            DataType::Passport => Mask::KeepLast(2),
+            DataType::PostalCode => Mask::KeepFirst(2),
+            DataType::Email => Mask::Email,
+            DataType::Name => Mask::Initials,
+            DataType::String
+            | DataType::Integer
+            | DataType::Boolean
+            | DataType::Date
+            | DataType::Datetime
+            | DataType::Json
+            | DataType::CardExpiry
+            | DataType::DateOfBirth
+            | DataType::Address
+            | DataType::IpAddress => Mask::Full,
+        }
+    }
+
+    /// Whether a column of this type may use `mask`. Card numbers never show more than the
+    /// last four digits, whatever a schema asks for.
+    pub fn allows_mask(self, mask: Mask) -> Result<(), &'static str> {
+        match (self, mask) {
+            (DataType::CardNumber, Mask::Full) => Ok(()),
+            (DataType::CardNumber, Mask::KeepLast(n)) if n <= 4 => Ok(()),
+            (DataType::CardNumber, _) => {
+                Err("card numbers may show at most their last four digits (full or keep_last:0..4)")
+            }
+            (DataType::Email, _) | (_, Mask::Initials) | (_, Mask::KeepFirst(_)) => Ok(()),
+            (_, Mask::Email) => Err("the email mask applies only to email columns"),
+            _ => Ok(()),
+        }
     }
 }
-impl std::fmt::Display for Mask {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("full")
+
+fn integer(input: &Value) -> Result<String, InvalidValue> {
+    match input {
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Ok(i.to_string()),
+            None => invalid("expected a whole number between -2^63 and 2^63-1"),
+        },
+        Value::String(s) => match s.trim().parse::<i64>() {
+            Ok(i) => Ok(i.to_string()),
+            Err(_) => invalid("expected a whole number between -2^63 and 2^63-1"),
+        },
+        _ => invalid("expected a whole number"),
+    }
+}
+
+fn date(s: &str) -> Result<NaiveDate, InvalidValue> {
+    let s = s.trim();
+    if s.len() != 10 {
+        return invalid("expected a date as YYYY-MM-DD");
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").or_else(|_| invalid("is not a real date (YYYY-MM-DD)"))
+}
+
+fn datetime(s: &str) -> Result<String, InvalidValue> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| {
+            d.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        })
+        .or_else(|_| invalid("expected an RFC 3339 date-time with an offset"))
+}
+
+fn date_of_birth(s: &str, today: NaiveDate) -> Result<String, InvalidValue> {
+    let d = date(s)?;
+    if d > today {
+        return invalid("a date of birth cannot be in the future");
+    }
+    if today.years_since(d).is_some_and(|years| years > 150) {
+        return invalid("a date of birth more than 150 years ago is not plausible");
+    }
+    Ok(d.format("%Y-%m-%d").to_string())
+}
+
+/// Collapses runs of whitespace into one space and trims.
+fn collapse_whitespace(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn name(s: &str) -> Result<String, InvalidValue> {
+    if s.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return invalid("a name cannot contain control characters");
+    }
+    let n = collapse_whitespace(s);
+    if n.is_empty() {
+        return invalid("a name cannot be empty");
+    }
+    if n.chars().count() > 300 {
+        return invalid("a name is at most 300 characters");
+    }
+    if !n.chars().any(char::is_alphabetic) {
+        return invalid("a name needs at least one letter");
+    }
+    Ok(n)
+}
+
+fn address(s: &str) -> Result<String, InvalidValue> {
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return invalid("an address cannot contain control characters other than line breaks");
+    }
+    let lines: Vec<String> = s
+        .lines()
+        .map(collapse_whitespace)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let a = lines.join("\n");
+    if a.is_empty() {
+        return invalid("an address cannot be empty");
+    }
+    if a.len() > 4096 {
+        return invalid("an address is at most 4096 bytes");
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(t: DataType, v: Value) -> String {
+        match t.normalize(&v) {
+            Ok(s) => s,
+            Err(e) => panic!("{} refused {v}: {e}", t.as_str()),
+        }
+    }
+
+    fn bad(t: DataType, v: Value) -> &'static str {
+        match t.normalize(&v) {
+            Ok(s) => panic!("{} accepted {v} as {s}", t.as_str()),
+            Err(e) => e.reason,
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for t in DataType::all() {
+            assert_eq!(DataType::parse(t.as_str()), Some(*t));
+            let via_serde: DataType =
+                serde_json::from_value(json!(t.as_str())).unwrap_or(DataType::String);
+            assert_eq!(via_serde, *t);
+        }
+        assert_eq!(DataType::parse("credit_card"), None);
+    }
+
+    #[test]
+    fn generic_types() {
+        assert_eq!(ok(DataType::Integer, json!(42)), "42");
+        assert_eq!(ok(DataType::Integer, json!("-7")), "-7");
+        bad(DataType::Integer, json!(1.5));
+        bad(DataType::Integer, json!(true));
+        assert_eq!(ok(DataType::Boolean, json!(false)), "false");
+        bad(DataType::Boolean, json!("yes"));
+        assert_eq!(DataType::Integer.to_json("42"), json!(42));
+        assert_eq!(DataType::Boolean.to_json("true"), json!(true));
+        let j = ok(DataType::Json, json!({"a": [1, 2]}));
+        assert_eq!(DataType::Json.to_json(&j), json!({"a": [1, 2]}));
+        assert_eq!(ok(DataType::Date, json!("2024-02-29")), "2024-02-29");
+        bad(DataType::Date, json!("2023-02-29"));
+        bad(DataType::Date, json!("2023-2-3"));
+        assert_eq!(
+            ok(DataType::Datetime, json!("2024-05-01T10:00:00+02:00")),
+            "2024-05-01T08:00:00Z"
+        );
+        bad(DataType::Datetime, json!("2024-05-01 10:00"));
+        bad(DataType::String, json!(12));
+        bad(DataType::String, json!("a\0b"));
+    }
+
+    /// Each `good` input normalises to its expected text; each `bad` input is refused.
+    fn check(t: DataType, good: &[(&str, &str)], refused: &[&str]) {
+        for (input, expected) in good {
+            assert_eq!(ok(t, json!(input)), *expected, "{}", t.as_str());
+        }
+        for input in refused {
+            bad(t, json!(input));
+        }
+    }
+
+    #[test]
+    fn card_numbers() {
+        let good = [
+            ("4111 1111-1111 1111", "4111111111111111"),
+            ("378282246310005", "378282246310005"),
+        ];
+        // Luhn, too short, 20 digits, a letter
+        let refused = [
+            "4111111111111112",
+            "41111111111",
+            "41111111111111111111",
+            "4111x11111111111",
+        ];
+        check(DataType::CardNumber, &good, &refused);
+        bad(DataType::CardNumber, json!(4111111111111111u64));
+    }
+
+    #[test]
+    fn ssns() {
+        let good = [("123-45-6789", "123-45-6789"), ("123456789", "123-45-6789")];
+        let refused = [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "078-05-1120",
+            "12-345-6789",
+            "123-45-678",
+        ];
+        check(DataType::Ssn, &good, &refused);
+    }
+
+    #[test]
+    fn phones_are_e164() {
+        let good = [
+            ("+1 (415) 555-0123", "+14155550123"),
+            ("+44 20 7946 0958", "+442079460958"),
+        ];
+        // no country code, leading 0, 16 digits, letters
+        let refused = [
+            "415-555-0123",
+            "+0123456789",
+            "+1234567890123456",
+            "+1415555abcd",
+        ];
+        check(DataType::Phone, &good, &refused);
+    }
+
+    #[test]
+    fn emails() {
+        let good = [
+            (" Ada.Lovelace@Example.COM ", "ada.lovelace@example.com"),
+            ("a+tag@mail.example.co.uk", "a+tag@mail.example.co.uk"),
+        ];
+        let refused = [
+            "ada",
+            "ada@",
+            "@example.com",
+            "a@b",
+            "a..b@example.com",
+            "a@-x.com",
+            "a b@example.com",
+            "a@example.c0m",
+        ];
+        check(DataType::Email, &good, &refused);
+    }
+
+    #[test]
+    fn ibans_and_bank_numbers() {
+        let good = [
+            ("gb82 west 1234 5698 7654 32", "GB82WEST12345698765432"),
+            ("DE89370400440532013000", "DE89370400440532013000"),
+        ];
+        // mod 97, wrong length for GB
+        let refused = ["GB82WEST12345698765433", "GB82WEST1234569876543"];
+        check(DataType::Iban, &good, &refused);
+        let good = [("011000015", "011000015"), ("121000358", "121000358")];
+        // checksum, unassigned prefix
+        check(
+            DataType::UsRoutingNumber,
+            &good,
+            &["011000016", "991000013"],
+        );
+        check(
+            DataType::BankAccount,
+            &[("0001-2345 678", "00012345678")],
+            &["12"],
+        );
+    }
+
+    #[test]
+    fn dates_of_birth() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default();
+        assert_eq!(date_of_birth("1990-01-31", today), Ok("1990-01-31".into()));
+        assert_eq!(date_of_birth("2026-11-23", today), Ok("2026-11-23".into()));
+        assert!(date_of_birth("2026-11-24", today).is_err());
+        assert!(date_of_birth("1990-02-30", today).is_err());
+        assert!(date_of_birth("1850-01-01", today).is_err());
+        bad(DataType::DateOfBirth, json!("2999-01-01"));
+    }
+
+    #[test]
+    fn other_privacy_types() {
+        assert_eq!(
+            ok(DataType::Name, json!("  Ada   King\tLovelace ")),
+            "Ada King Lovelace"
+        );
+        bad(DataType::Name, json!("   "));
+        bad(DataType::Name, json!("12345"));
+        assert_eq!(ok(DataType::CardExpiry, json!("4/29")), "04/2029");
+        assert_eq!(ok(DataType::CardExpiry, json!("12/2031")), "12/2031");
+        bad(DataType::CardExpiry, json!("13/29"));
+        assert_eq!(ok(DataType::PostalCode, json!("sw1a 1aa")), "SW1A 1AA");
+        assert_eq!(ok(DataType::PostalCode, json!("94105-1234")), "94105-1234");
+        bad(DataType::PostalCode, json!("9"));
+        assert_eq!(ok(DataType::IpAddress, json!("2001:DB8::1")), "2001:db8::1");
+        bad(DataType::IpAddress, json!("300.1.1.1"));
+        assert_eq!(ok(DataType::Passport, json!("x1234567")), "X1234567");
+        bad(DataType::Passport, json!("12-34"));
+        assert_eq!(
+            ok(DataType::Address, json!(" 1 Main  St \n\n Springfield ")),
+            "1 Main St\nSpringfield"
+        );
+    }
+
+    #[test]
+    fn reasons_never_quote_the_value() {
+        let secret = "4111111111111112";
+        for t in DataType::all() {
+            if let Err(e) = t.normalize(&json!(secret)) {
+                assert!(!e.reason.contains(secret));
+                assert!(!e.to_string().contains("4111"));
+            }
+        }
+    }
+
+    #[test]
+    fn default_masks() {
+        let m = |t: DataType, v: &str| t.default_mask().apply(&ok(t, json!(v)));
+        assert_eq!(
+            m(DataType::CardNumber, "4111111111111111"),
+            "XXXXXXXXXXXX1111"
+        );
+        assert_eq!(m(DataType::Ssn, "123-45-6789"), "XXX-XX-6789");
+        assert_eq!(m(DataType::Email, "jane@example.com"), "j***@example.com");
+        assert_eq!(m(DataType::Phone, "+14155550123"), "+XXXXXXX0123");
+        assert_eq!(m(DataType::Name, "Ada Lovelace"), "A*** L***");
+        assert_eq!(m(DataType::DateOfBirth, "1990-01-31"), "XXXX-XX-XX");
+        assert_eq!(m(DataType::PostalCode, "94105"), "94XXX");
+        for t in DataType::all() {
+            assert!(t.allows_mask(t.default_mask()).is_ok(), "{}", t.as_str());
+        }
+    }
+
+    #[test]
+    fn card_masks_never_show_more_than_last_four() {
+        assert!(DataType::CardNumber.allows_mask(Mask::KeepLast(4)).is_ok());
+        assert!(DataType::CardNumber.allows_mask(Mask::KeepLast(6)).is_err());
+        assert!(
+            DataType::CardNumber
+                .allows_mask(Mask::KeepFirst(6))
+                .is_err()
+        );
+        assert!(DataType::CardNumber.allows_mask(Mask::Initials).is_err());
+        assert!(DataType::Ssn.allows_mask(Mask::Email).is_err());
     }
 }

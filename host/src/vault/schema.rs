@@ -213,11 +213,18 @@ pub fn resolve_column(new: &NewColumn, at: &str, errors: &mut Vec<Detail>) -> Op
     let mask = match (&new.mask, data_type) {
         (Some(text), _) => {
             let mask = Mask::parse(text);
-            if mask.is_none() {
-                fail(
+            match (mask, data_type) {
+                (None, _) => fail(
                     "mask",
-                    "is not a known mask (e.g. full, keep_last:4, keep_first:1, email)".into(),
-                );
+                    "is not a known mask (full, keep_last:N, keep_first:N with N 0..8, email, initials)"
+                        .into(),
+                ),
+                (Some(m), Some(t)) => {
+                    if let Err(reason) = t.allows_mask(m) {
+                        fail("mask", reason.into());
+                    }
+                }
+                (Some(_), None) => {}
             }
             mask
         }
