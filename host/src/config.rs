@@ -24,6 +24,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Database connections (`STRONGROOM_DB_POOL_SIZE`, default 16).
     pub db_pool_size: usize,
+    /// Lifts the card guardrail (`STRONGROOM_ALLOW_PLAINTEXT_CARDS=true`): service accounts may
+    /// then receive plaintext card numbers where policies allow. Off by default; logged when on.
+    pub allow_plaintext_cards: bool,
 }
 
 /// A setting that could not be used. Never includes a secret's value.
@@ -43,6 +46,8 @@ pub enum ConfigError {
     Number(&'static str),
     #[error("STRONGROOM_ADMIN_KEY must be at least 32 characters")]
     AdminKeyTooShort,
+    #[error("{0} must be true or false")]
+    Bool(&'static str),
 }
 
 const KEYS: &[&str] = &[
@@ -53,6 +58,7 @@ const KEYS: &[&str] = &[
     "admin_key",
     "max_body_bytes",
     "db_pool_size",
+    "allow_plaintext_cards",
 ];
 
 impl Settings {
@@ -100,6 +106,11 @@ impl Settings {
             admin_key: admin_key.map(SecretString::from),
             max_body_bytes: number(get("max_body_bytes")?, "STRONGROOM_MAX_BODY_BYTES", 8 << 20)?,
             db_pool_size: number(get("db_pool_size")?, "STRONGROOM_DB_POOL_SIZE", 16)?,
+            allow_plaintext_cards: match get("allow_plaintext_cards")?.as_deref().map(str::trim) {
+                None | Some("") | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return Err(ConfigError::Bool("STRONGROOM_ALLOW_PLAINTEXT_CARDS")),
+            },
         })
     }
 }

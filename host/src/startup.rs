@@ -1,8 +1,9 @@
 //! Building and running the server: data directory, keys, database, routes, shutdown.
 
-use crate::api::{self, auth::AdminKey};
+use crate::api;
 use crate::config::Settings;
 use crate::crypto::MasterKeyRing;
+use crate::governance::Governance;
 use crate::pg::ManagedPostgres;
 use crate::vault::VaultService;
 use anyhow::{Context, Result};
@@ -60,13 +61,29 @@ impl Application {
         crate::db::migrate(&pool).await.context(
             "could not prepare the database (is it reachable, and may this user create tables?)",
         )?;
-        let vault = VaultService::new(pool, ring);
+        let vault = VaultService::new(pool.clone(), ring.clone());
         vault
             .check_keys_and_resume()
             .await
             .context("the stored vault keys do not open with the configured master keys")?;
+        let gov = match Governance::start(pool, &ring, &admin, !settings.allow_plaintext_cards)
+            .await
+        {
+            Ok(gov) => gov,
+            Err(crate::governance::GovError::Policies(problems)) => {
+                let list: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{} (policy {:?}, line {:?})", p.reason, p.policy, p.line))
+                    .collect();
+                anyhow::bail!(
+                    "the active Cedar policy set does not validate against policies/schema.cedarschema; refusing to serve: {}",
+                    list.join("; ")
+                );
+            }
+            Err(e) => return Err(e).context("could not start governance"),
+        };
 
-        let router = api::router(vault.clone(), admin, settings.max_body_bytes);
+        let router = api::router(vault.clone(), Arc::new(gov), settings.max_body_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -152,14 +169,14 @@ fn master_keys(settings: &Settings) -> Result<MasterKeyRing> {
     Ok(ring)
 }
 
-fn admin_key(settings: &Settings) -> Result<AdminKey> {
+fn admin_key(settings: &Settings) -> Result<zeroize::Zeroizing<String>> {
     if let Some(key) = &settings.admin_key {
-        return Ok(AdminKey::new(key.expose_secret()));
+        return Ok(zeroize::Zeroizing::new(key.expose_secret().to_string()));
     }
     let path = settings.data_dir.join("admin.key");
     if path.exists() {
         let key = zeroize::Zeroizing::new(std::fs::read_to_string(&path)?);
-        return Ok(AdminKey::new(key.trim()));
+        return Ok(zeroize::Zeroizing::new(key.trim().to_string()));
     }
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, bytes.as_mut());
@@ -174,7 +191,7 @@ fn admin_key(settings: &Settings) -> Result<AdminKey> {
         path.display(),
         key.as_str()
     );
-    Ok(AdminKey::new(&key))
+    Ok(key)
 }
 
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {

@@ -48,7 +48,9 @@ async fn insert_returns_tokens_and_reads_back_at_each_level() {
     assert_eq!(status, StatusCode::OK, "{plain}");
     assert_eq!(plain["id"], id);
     assert_eq!(plain["fields"]["email"], "ada@example.com");
-    assert_eq!(plain["fields"]["card_number"], "4111111111111111");
+    // the card guardrail: never a plaintext card number to a service account, even the admin
+    assert!(plain["fields"].get("card_number").is_none(), "{plain}");
+    assert_eq!(plain["withheld"], json!(["card_number"]));
     assert_eq!(plain["fields"]["ssn"], "123-45-6789");
     assert_eq!(plain["fields"]["name"], "Ada Lovelace");
 
@@ -60,9 +62,10 @@ async fn insert_returns_tokens_and_reads_back_at_each_level() {
     let (_, redacted) = app.get(&format!("{RECORDS}/{id}?redaction=redacted")).await;
     assert_eq!(redacted["fields"]["ssn"], "*REDACTED*");
 
-    // default: each column's own level (privacy types masked, plain strings plain)
+    // default: the most revealing level allowed (admin-all; cards capped by the guardrail)
     let (_, default) = app.get(&format!("{RECORDS}/{id}")).await;
     assert_eq!(default["fields"]["card_number"], "XXXXXXXXXXXX1111");
+    assert_eq!(default["fields"]["ssn"], "123-45-6789");
     assert_eq!(default["fields"]["region"], "CA");
 
     let (_, some) = app
@@ -157,7 +160,8 @@ async fn lookup_by_value() {
 
 #[tokio::test]
 async fn update_changes_values_and_retires_old_tokens() {
-    let app = TestApp::spawn().await;
+    // Plaintext cards are checked here, so the guardrail is lifted (operator setting).
+    let app = TestApp::spawn_with(|s| s.allow_plaintext_cards = true).await;
     app.payments_vault().await;
     let rec = insert(&app, ada()).await;
     let id = rec["id"].as_str().unwrap();
@@ -339,7 +343,10 @@ async fn detokenize_keeps_order_and_reports_unknown_tokens() {
         )
         .await;
     assert_eq!(body["results"][0]["redaction"], "plain");
-    assert_eq!(body["results"][1]["redaction"], "masked");
+    assert_eq!(
+        body["results"][1]["redaction"], "plain",
+        "admin-all allows plain SSNs"
+    );
     let (_, body) = app
         .post(
             "/v1/vaults/payments/detokenize",

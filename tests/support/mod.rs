@@ -250,11 +250,37 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        self.request(key, None, method, path, body).await
+    }
+
+    /// Sends a request as `key` stating `purpose` (if any).
+    pub async fn call_with(
+        &self,
+        key: &str,
+        purpose: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.request(Some(key), purpose, method, path, body).await
+    }
+
+    async fn request(
+        &self,
+        key: Option<&str>,
+        purpose: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .client
             .request(method, format!("{}{}", self.base, path));
         if let Some(key) = key {
             req = req.bearer_auth(key);
+        }
+        if let Some(p) = purpose {
+            req = req.header("x-strongroom-purpose", p);
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -268,6 +294,32 @@ impl TestApp {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, json)
+    }
+
+    /// Creates a service account; returns its API key.
+    pub async fn service_account(&self, name: &str, roles: &[&str]) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/service-accounts",
+                serde_json::json!({"name": name, "roles": roles}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["api_key"].as_str().expect("api_key").to_string()
+    }
+
+    /// Replaces the policy set (admin-all is kept so the test's admin can still work).
+    pub async fn policies(&self, cedar: &str) -> (StatusCode, Value) {
+        let source = format!(
+            "@id(\"admin-all\")\npermit (principal in Strongroom::Role::\"admin\", action, resource);\n{cedar}"
+        );
+        self.raw(
+            Method::PUT,
+            "/v1/policies",
+            "text/plain",
+            source.into_bytes(),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

@@ -1,24 +1,41 @@
-//! Who is calling, and may they do this.
+//! Who is calling, may they do this, and the audit event of every `/v1` request.
 //!
-//! Today one principal exists: the bootstrap admin. [`authorize`] is the seam where Cedar
-//! policies plug in (governance): every handler calls it with the action and the resource.
+//! [`audited`] wraps each request in an audit event and refuses to answer if the event cannot
+//! be stored. [`authenticate`] verifies the API key and the stated purpose. Handlers call
+//! [`authorize`] with their [`Action`]: administrative actions are decided there by Cedar; data
+//! actions are decided per column and record by the request's [`CedarGate`].
 
 use super::error::ApiError;
-use crate::crypto::constant_time_eq;
-use axum::extract::{Request, State};
-use axum::http::header;
+use super::{AppState, request_id};
+use crate::governance::accounts::{Caller, Refused};
+use crate::governance::audit::{self, Event};
+use crate::governance::gate::CedarGate;
+use crate::governance::{Target, valid_purpose};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
-use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, Mutex};
 
-/// The authenticated caller, stored in the request's extensions by [`authenticate`].
+/// The header a caller states its purpose in.
+pub const PURPOSE_HEADER: &str = "x-strongroom-purpose";
+
+/// The authenticated caller and its stated purpose, stored in the request's extensions.
 #[derive(Debug, Clone)]
-pub enum Principal {
-    Admin,
+pub struct Principal {
+    pub caller: Caller,
+    /// `""` when no purpose was stated.
+    pub purpose: String,
 }
 
-/// What a request does, as policies will name it.
+impl Principal {
+    /// The data gate for this request.
+    pub fn gate(&self, s: &AppState) -> CedarGate {
+        s.gov.gate(&self.caller, &self.purpose)
+    }
+}
+
+/// What a request does, as policies and the audit log name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     CreateVault,
@@ -36,30 +53,108 @@ pub enum Action {
     ReadKeys,
     RotateKeys,
     RotateMasterKey,
+    ManageServiceAccounts,
+    ReadPolicies,
+    WritePolicies,
+    CheckPolicies,
+    ManageGrants,
+    ReadAudit,
 }
 
-/// The admin key, kept only as its SHA-256 digest.
-pub struct AdminKey {
-    digest: [u8; 32],
-}
-
-impl AdminKey {
-    pub fn new(key: &str) -> AdminKey {
-        AdminKey {
-            digest: Sha256::digest(key.as_bytes()).into(),
+impl Action {
+    /// The Cedar action id.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::CreateVault => "create_vault",
+            Action::ListVaults => "list_vaults",
+            Action::ReadVault => "read_vault",
+            Action::DeleteVault => "delete_vault",
+            Action::AlterSchema => "alter_schema",
+            Action::InsertRecords => "insert",
+            Action::ReadRecord => "read",
+            Action::LookupRecords => "lookup",
+            Action::UpdateRecord => "update",
+            Action::DeleteRecord => "delete",
+            Action::Tokenize => "tokenize",
+            Action::Detokenize => "detokenize",
+            Action::ReadKeys => "read_keys",
+            Action::RotateKeys => "rotate_keys",
+            Action::RotateMasterKey => "rotate_master_key",
+            Action::ManageServiceAccounts => "manage_service_accounts",
+            Action::ReadPolicies => "read_policies",
+            Action::WritePolicies => "write_policies",
+            Action::CheckPolicies => "check_policies",
+            Action::ManageGrants => "manage_grants",
+            Action::ReadAudit => "read_audit",
         }
     }
 
-    /// INVARIANT: compares digests in constant time, so timing reveals nothing of the key.
-    fn matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        constant_time_eq(&digest, &self.digest)
+    /// Whether the action is decided per column and record (by the gate) rather than here.
+    fn is_data(self) -> bool {
+        matches!(
+            self,
+            Action::InsertRecords
+                | Action::ReadRecord
+                | Action::LookupRecords
+                | Action::UpdateRecord
+                | Action::DeleteRecord
+                | Action::Tokenize
+                | Action::Detokenize
+        )
+    }
+
+    fn on_vault(self) -> bool {
+        matches!(
+            self,
+            Action::ReadVault
+                | Action::DeleteVault
+                | Action::AlterSchema
+                | Action::ReadKeys
+                | Action::RotateKeys
+        )
     }
 }
 
-/// Middleware: requires `Authorization: Bearer <key>` and records the principal.
+/// Names the action (and vault, table) in the audit event; decides administrative actions.
+pub fn authorize(
+    s: &AppState,
+    p: &Principal,
+    action: Action,
+    vault: Option<&str>,
+) -> Result<(), ApiError> {
+    audit::note(|e| {
+        e.action = action.name().to_string();
+        e.vault = vault.map(str::to_string);
+    });
+    if action.is_data() {
+        return Ok(());
+    }
+    let target = match (action.on_vault(), vault) {
+        (true, Some(v)) => Target::Vault(v),
+        _ => Target::System,
+    };
+    let verdict = s
+        .gov
+        .decide_admin(&p.caller, action.name(), target, &p.purpose);
+    if verdict.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the caller's policies do not allow `{}`", action.name()),
+        ))
+    }
+}
+
+/// Notes the table a data request works on.
+pub fn note_table(table: &str) {
+    audit::note(|e| e.table = Some(table.to_string()));
+}
+
+/// Middleware: requires `Authorization: Bearer <key>` and a well-formed purpose, if any.
 pub async fn authenticate(
-    State(admin): State<Arc<AdminKey>>,
+    State(s): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -71,24 +166,92 @@ pub async fn authenticate(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    match presented {
-        Some(key) if admin.matches(key) => {
-            req.extensions_mut().insert(Principal::Admin);
-            Ok(next.run(req).await)
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 512)
+        .ok_or_else(ApiError::unauthenticated)?;
+    let caller = match s.gov.accounts.authenticate(presented).await? {
+        Ok(caller) => caller,
+        Err(Refused::Unknown) => return Err(ApiError::unauthenticated()),
+        Err(Refused::Expired) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this API key has expired",
+            ));
         }
-        _ => Err(ApiError::unauthenticated()),
+        Err(Refused::Revoked) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this API key was revoked",
+            ));
+        }
+    };
+    audit::note(|e| {
+        e.principal = Some(caller.account.name.clone());
+        e.key_id = Some(caller.key_id.clone());
+    });
+    let purpose = match req.headers().get(PURPOSE_HEADER) {
+        None => String::new(),
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok(p) if valid_purpose(p) => p.to_string(),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "`{PURPOSE_HEADER}` must match ^[a-z][a-z0-9_-]{{0,62}}$"
+                )));
+            }
+        },
+    };
+    if !purpose.is_empty() {
+        audit::note(|e| e.purpose = Some(purpose.clone()));
     }
+    req.extensions_mut().insert(Principal { caller, purpose });
+    Ok(next.run(req).await)
 }
 
-/// Decides whether `principal` may perform `action` on the vault (and table) named.
-pub fn authorize(
-    principal: &Principal,
-    action: Action,
-    vault: Option<&str>,
-) -> Result<(), ApiError> {
-    let _ = (action, vault);
-    match principal {
-        Principal::Admin => Ok(()),
+/// Middleware: every `/v1` request appends an audit event, and is answered only once it has.
+pub async fn audited(
+    State(s): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().to_string();
+    let route = matched.map_or_else(|| "unknown".to_string(), |m| m.as_str().to_string());
+    let event = Arc::new(Mutex::new(Event {
+        request_id: request_id(),
+        method: method.clone(),
+        route: route.clone(),
+        ..Event::default()
+    }));
+    let response = audit::scope(event.clone(), next.run(req)).await;
+    let mut event = match event.lock() {
+        Ok(mut e) => std::mem::take(&mut *e),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    let status = response.status();
+    event.status = status.as_u16();
+    event.outcome = match status.as_u16() {
+        200..=299 => "ok",
+        401 => "unauthenticated",
+        403 => "denied",
+        400..=499 => "rejected",
+        _ => "error",
+    }
+    .to_string();
+    if event.action.is_empty() {
+        event.action = format!("{method} {route}");
+    }
+    match s.gov.audit.append(event).await {
+        Ok(_) => response,
+        Err(e) => {
+            tracing::error!(request_id = %request_id(), error = %e, "audit append failed; answer withheld");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the request could not be audited, so its result is withheld; try again",
+            )
+            .into_response()
+        }
     }
 }

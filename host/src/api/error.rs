@@ -5,6 +5,7 @@
 //! logged with the request id and answered with a generic message.
 
 use super::request_id;
+use crate::governance::GovError;
 use crate::vault::{Detail, VaultError};
 use axum::Json;
 use axum::http::StatusCode;
@@ -78,12 +79,50 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<GovError> for ApiError {
+    fn from(e: GovError) -> Self {
+        match e {
+            GovError::Invalid(message) => ApiError::invalid(message),
+            GovError::NotFound(what) => ApiError::not_found(&what),
+            GovError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            GovError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            GovError::Policies(problems) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_policy",
+                "the policy set does not validate; nothing changed",
+            )
+            .with_details(
+                problems
+                    .into_iter()
+                    .map(|p| Detail {
+                        field: None,
+                        policy: p.policy,
+                        line: p.line,
+                        column: p.column,
+                        ..Detail::field("", p.reason)
+                    })
+                    .collect(),
+            ),
+            GovError::Db(e) => ApiError::from(VaultError::Db(e)),
+            other => {
+                tracing::error!(request_id = %request_id(), error = %other, "request failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::NotFound(what) => ApiError::not_found(&what),
             VaultError::Invalid { message, details } => {
                 ApiError::invalid(message).with_details(details)
+            }
+            VaultError::Forbidden { message, details } => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with_details(details)
             }
             VaultError::Conflict { message, details } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message).with_details(details)

@@ -3,11 +3,12 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod governance;
 mod records;
 mod vaults;
 
+use crate::governance::Governance;
 use crate::vault::VaultService;
-use auth::AdminKey;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,11 +33,12 @@ pub fn request_id() -> String {
 #[derive(Clone)]
 pub struct AppState {
     pub vault: VaultService,
+    pub gov: Arc<Governance>,
 }
 
 /// The whole router.
-pub fn router(vault: VaultService, admin: AdminKey, max_body_bytes: usize) -> Router {
-    let state = AppState { vault };
+pub fn router(vault: VaultService, gov: Arc<Governance>, max_body_bytes: usize) -> Router {
+    let state = AppState { vault, gov };
     let v1 = Router::new()
         .route("/vaults", post(vaults::create).get(vaults::list))
         .route("/vaults/{vault}", get(vaults::get).delete(vaults::delete))
@@ -64,10 +66,12 @@ pub fn router(vault: VaultService, admin: AdminKey, max_body_bytes: usize) -> Ro
         .route("/vaults/{vault}/keys", get(vaults::keys))
         .route("/vaults/{vault}/keys/rotate", post(vaults::rotate_keys))
         .route("/admin/master-keys/rotate", post(vaults::rotate_master))
+        .merge(governance::routes())
         .route_layer(middleware::from_fn_with_state(
-            Arc::new(admin),
+            state.clone(),
             auth::authenticate,
-        ));
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::audited));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -1,10 +1,11 @@
 //! Records, look-up, tokenize and detokenize.
 
-use super::auth::{Action, Principal, authorize};
+use super::auth::{Action, Principal, authorize, note_table};
 use super::error::ApiError;
 use super::extract::{Json, QueryParams};
 use super::{AppState, created};
-use crate::vault::Redaction;
+use crate::governance::audit;
+use crate::vault::{NewRecord, Redaction};
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +16,11 @@ use serde_json::{Map, Value, json};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordIn {
+    #[serde(default)]
     fields: Map<String, Value>,
+    /// Purposes the record's owner consented to (replaces the stored list on update).
+    #[serde(default)]
+    consents: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -66,9 +71,25 @@ pub async fn insert(
     Path((vault, table)): Path<(String, String)>,
     Json(body): Json<InsertBody>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::InsertRecords, Some(&vault))?;
-    let records = body.records.into_iter().map(|r| r.fields).collect();
-    let inserted = s.vault.insert_records(&vault, &table, records).await?;
+    authorize(&s, &p, Action::InsertRecords, Some(&vault))?;
+    note_table(&table);
+    let records = body
+        .records
+        .into_iter()
+        .map(|r| NewRecord {
+            fields: r.fields,
+            consents: r.consents.unwrap_or_default(),
+        })
+        .collect();
+    let inserted = s
+        .vault
+        .insert_records(&vault, &table, records, &p.gate(&s))
+        .await?;
+    audit::note(|e| {
+        for r in &inserted {
+            e.record(r.id);
+        }
+    });
     Ok(created(json!({"records": inserted})))
 }
 
@@ -78,7 +99,8 @@ pub async fn read(
     Path((vault, table, id)): Path<(String, String, String)>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::ReadRecord, Some(&vault))?;
+    authorize(&s, &p, Action::ReadRecord, Some(&vault))?;
+    note_table(&table);
     let q = query.only(&["redaction", "columns"])?;
     let level = redaction(q.get("redaction").map(String::as_str))?;
     let columns = q.get("columns").map(|c| {
@@ -90,7 +112,7 @@ pub async fn read(
     });
     let view = s
         .vault
-        .read_record(&vault, &table, &id, level, columns)
+        .read_record(&vault, &table, &id, level, columns, &p.gate(&s))
         .await?;
     Ok(axum::Json(view).into_response())
 }
@@ -101,7 +123,8 @@ pub async fn lookup(
     Path((vault, table)): Path<(String, String)>,
     Json(body): Json<LookupBody>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::LookupRecords, Some(&vault))?;
+    authorize(&s, &p, Action::LookupRecords, Some(&vault))?;
+    note_table(&table);
     let level = redaction(body.redaction.as_deref())?;
     let records = s
         .vault
@@ -112,6 +135,7 @@ pub async fn lookup(
             &body.values,
             level,
             body.columns,
+            &p.gate(&s),
         )
         .await?;
     Ok(axum::Json(json!({"records": records})).into_response())
@@ -123,10 +147,11 @@ pub async fn update(
     Path((vault, table, id)): Path<(String, String, String)>,
     Json(body): Json<RecordIn>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::UpdateRecord, Some(&vault))?;
+    authorize(&s, &p, Action::UpdateRecord, Some(&vault))?;
+    note_table(&table);
     let updated = s
         .vault
-        .update_record(&vault, &table, &id, body.fields)
+        .update_record(&vault, &table, &id, body.fields, body.consents, &p.gate(&s))
         .await?;
     Ok(axum::Json(updated).into_response())
 }
@@ -136,8 +161,11 @@ pub async fn delete(
     Extension(p): Extension<Principal>,
     Path((vault, table, id)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&p, Action::DeleteRecord, Some(&vault))?;
-    s.vault.delete_record(&vault, &table, &id).await?;
+    authorize(&s, &p, Action::DeleteRecord, Some(&vault))?;
+    note_table(&table);
+    s.vault
+        .delete_record(&vault, &table, &id, &p.gate(&s))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -147,10 +175,11 @@ pub async fn tokenize(
     Path(vault): Path<String>,
     Json(body): Json<TokenizeBody>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::Tokenize, Some(&vault))?;
+    authorize(&s, &p, Action::Tokenize, Some(&vault))?;
+    note_table(&body.table);
     let tokens = s
         .vault
-        .tokenize(&vault, &body.table, &body.column, body.values)
+        .tokenize(&vault, &body.table, &body.column, body.values, &p.gate(&s))
         .await?;
     Ok(axum::Json(json!({"tokens": tokens})).into_response())
 }
@@ -161,8 +190,11 @@ pub async fn detokenize(
     Path(vault): Path<String>,
     Json(body): Json<DetokenizeBody>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::Detokenize, Some(&vault))?;
+    authorize(&s, &p, Action::Detokenize, Some(&vault))?;
     let level = redaction(body.redaction.as_deref())?;
-    let results = s.vault.detokenize(&vault, body.tokens, level).await?;
+    let results = s
+        .vault
+        .detokenize(&vault, body.tokens, level, &p.gate(&s))
+        .await?;
     Ok(axum::Json(json!({"results": results})).into_response())
 }

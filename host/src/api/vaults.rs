@@ -16,7 +16,7 @@ pub async fn create(
     Extension(p): Extension<Principal>,
     Json(new): Json<NewVault>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::CreateVault, Some(&new.name))?;
+    authorize(&s, &p, Action::CreateVault, Some(&new.name))?;
     Ok(created(s.vault.create_vault(new).await?))
 }
 
@@ -24,7 +24,7 @@ pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::ListVaults, None)?;
+    authorize(&s, &p, Action::ListVaults, None)?;
     Ok(axum::Json(json!({"vaults": s.vault.list_vaults().await?})).into_response())
 }
 
@@ -33,7 +33,7 @@ pub async fn get(
     Extension(p): Extension<Principal>,
     Path(vault): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::ReadVault, Some(&vault))?;
+    authorize(&s, &p, Action::ReadVault, Some(&vault))?;
     Ok(axum::Json(s.vault.get_vault(&vault).await?).into_response())
 }
 
@@ -42,7 +42,7 @@ pub async fn delete(
     Extension(p): Extension<Principal>,
     Path(vault): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&p, Action::DeleteVault, Some(&vault))?;
+    authorize(&s, &p, Action::DeleteVault, Some(&vault))?;
     s.vault.delete_vault(&vault).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -53,7 +53,7 @@ pub async fn add_table(
     Path(vault): Path<String>,
     Json(new): Json<NewTable>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::AlterSchema, Some(&vault))?;
+    authorize(&s, &p, Action::AlterSchema, Some(&vault))?;
     Ok(created(s.vault.add_table(&vault, new).await?))
 }
 
@@ -63,7 +63,7 @@ pub async fn add_column(
     Path((vault, table)): Path<(String, String)>,
     Json(new): Json<NewColumn>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::AlterSchema, Some(&vault))?;
+    authorize(&s, &p, Action::AlterSchema, Some(&vault))?;
     Ok(created(s.vault.add_column(&vault, &table, new).await?))
 }
 
@@ -72,7 +72,7 @@ pub async fn keys(
     Extension(p): Extension<Principal>,
     Path(vault): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::ReadKeys, Some(&vault))?;
+    authorize(&s, &p, Action::ReadKeys, Some(&vault))?;
     Ok(axum::Json(s.vault.keys(&vault).await?).into_response())
 }
 
@@ -81,7 +81,7 @@ pub async fn rotate_keys(
     Extension(p): Extension<Principal>,
     Path(vault): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::RotateKeys, Some(&vault))?;
+    authorize(&s, &p, Action::RotateKeys, Some(&vault))?;
     Ok(axum::Json(s.vault.rotate_data_key(&vault).await?).into_response())
 }
 
@@ -89,7 +89,7 @@ pub async fn rotate_master(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    authorize(&p, Action::RotateMasterKey, None)?;
+    authorize(&s, &p, Action::RotateMasterKey, None)?;
     let (active, rewrapped) = s.vault.rotate_master_key().await?;
     Ok(
         axum::Json(json!({"active_master_key": active, "rewrapped_keys": rewrapped}))

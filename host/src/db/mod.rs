@@ -5,11 +5,18 @@ use tokio_postgres::NoTls;
 
 /// Migrations, in order. Each runs once, in its own transaction; applied versions are recorded
 /// in `schema_migrations`, so running them again is a no-op.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "vault_core",
-    include_str!("../../../migrations/0001_vault_core.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "vault_core",
+        include_str!("../../../migrations/0001_vault_core.sql"),
+    ),
+    (
+        2,
+        "governance",
+        include_str!("../../../migrations/0002_governance.sql"),
+    ),
+];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.
 const MIGRATION_LOCK: i64 = 0x5354_524f_4e47;

@@ -1,5 +1,6 @@
 //! Detokenize: tokens back to values at a redaction level, in request order.
 
+use super::access::{DataAction, Gate};
 use super::records::{open_value, render};
 use super::schema::Redaction;
 use super::{Detail, MAX_BATCH, VaultError, VaultService};
@@ -37,6 +38,7 @@ impl VaultService {
         vault: &str,
         tokens: Vec<String>,
         level: Redaction,
+        gate: &dyn Gate,
     ) -> Result<Vec<DetokenizeResult>, VaultError> {
         if tokens.is_empty() || tokens.len() > MAX_BATCH {
             return Err(VaultError::invalid(
@@ -60,6 +62,10 @@ impl VaultService {
         drop(client);
         let found: HashMap<Vec<u8>, &tokio_postgres::Row> =
             rows.iter().map(|r| (r.get(0), r)).collect();
+        let mut records: Vec<Uuid> = rows.iter().map(|r| r.get(1)).collect();
+        records.sort_unstable();
+        records.dedup();
+        let facts = self.row_facts(&v, &records, gate).await?;
         let mut out = Vec::with_capacity(tokens.len());
         for (token, hash) in tokens.into_iter().zip(hashes) {
             let located = found.get(&hash).and_then(|row| {
@@ -74,6 +80,16 @@ impl VaultService {
                 continue;
             };
             let record: Uuid = row.get(1);
+            let row_facts = facts.get(&record).cloned().unwrap_or_default();
+            let Some(level) =
+                gate.reveal(DataAction::Detokenize, &v, table, column, &row_facts, level)
+            else {
+                out.push(DetokenizeResult::Failed {
+                    token,
+                    error: ItemError { code: "forbidden" },
+                });
+                continue;
+            };
             let canonical = open_value(&v, &table.id, &column.id, &record, row.get(3), row.get(4))?;
             let (value, level) = render(column, &canonical, level);
             out.push(DetokenizeResult::Found {

@@ -232,6 +232,7 @@ impl VaultService {
             .await?;
             rewrapped += 1;
         }
+        rewrapped += crate::governance::rewrap_server_keys(&tx, &self.ring).await?;
         tx.commit().await?;
         self.invalidate_all();
         tracing::info!(

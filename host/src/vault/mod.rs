@@ -4,6 +4,7 @@
 //! unwrapped vault keys are cached in memory per vault ([`LoadedVault`]) and dropped (zeroized)
 //! whenever the vault's schema or keys change.
 
+pub mod access;
 mod detokenize;
 mod keys;
 mod records;
@@ -13,7 +14,7 @@ mod store;
 
 pub use detokenize::DetokenizeResult;
 pub use keys::{KeyVersionInfo, KeysReport};
-pub use records::{InsertedRecord, RecordView};
+pub use records::{InsertedRecord, NewRecord, RecordView};
 pub use schema::{Column, NewColumn, NewTable, NewVault, Redaction};
 
 use crate::crypto::{KeyRingError, MasterKeyRing};
@@ -37,6 +38,13 @@ pub struct Detail {
     pub index: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For policy problems: the policy id and the position in the submitted text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
     pub reason: String,
 }
 
@@ -46,6 +54,9 @@ impl Detail {
             record: None,
             index: None,
             field: Some(field.into()),
+            policy: None,
+            line: None,
+            column: None,
             reason: reason.into(),
         }
     }
@@ -59,10 +70,9 @@ impl Detail {
 
     pub fn index(index: usize, reason: impl Into<String>) -> Detail {
         Detail {
-            record: None,
             index: Some(index),
             field: None,
-            reason: reason.into(),
+            ..Detail::field("", reason)
         }
     }
 }
@@ -79,6 +89,12 @@ pub enum VaultError {
     },
     #[error("{message}")]
     Conflict {
+        message: String,
+        details: Vec<Detail>,
+    },
+    /// The caller's policies do not allow this; `details` names the columns.
+    #[error("{message}")]
+    Forbidden {
         message: String,
         details: Vec<Detail>,
     },
@@ -148,7 +164,7 @@ impl LoadedVault {
             .ok_or_else(|| VaultError::NotFound(format!("table `{name}`")))
     }
 
-    fn column_by_id(&self, id: &Uuid) -> Option<(&Table, &Column)> {
+    pub fn column_by_id(&self, id: &Uuid) -> Option<(&Table, &Column)> {
         let (t, c) = *self.by_column.get(id)?;
         let table = &self.tables[t];
         Some((table, &table.columns[c]))

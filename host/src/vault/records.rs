@@ -3,8 +3,9 @@
 //! INVARIANT: a plaintext lives only in memory, in `Zeroizing` buffers, between the request and
 //! the cipher. Errors and logs name record indexes and columns, never values.
 
+use super::access::{DataAction, Gate, RowFacts};
 use super::keys::value_aad;
-use super::schema::{Column, Redaction, fpe_format};
+use super::schema::{Column, Redaction, fpe_format, valid_name};
 use super::{Detail, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
 use crate::crypto::{open, seal};
 use crate::tokens::{self, Tokenization};
@@ -26,11 +27,57 @@ pub struct InsertedRecord {
     pub tokens: BTreeMap<String, String>,
 }
 
-/// A record as read back at some redaction level.
+/// A record as read back at some redaction level. `withheld` names the columns the record
+/// holds that the caller may not see.
 #[derive(Debug, Serialize)]
 pub struct RecordView {
     pub id: Uuid,
     pub fields: Map<String, Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
+}
+
+/// A record to insert: its fields and the purposes its owner consented to.
+#[derive(Debug, Default)]
+pub struct NewRecord {
+    pub fields: Map<String, Value>,
+    pub consents: Vec<String>,
+}
+
+/// Most consented purposes on one record.
+const MAX_CONSENTS: usize = 32;
+
+/// Checks purpose names (`^[a-z][a-z0-9_-]{0,62}$`), de-duplicated and sorted.
+/// Returns the problem, if any.
+pub fn check_consents(consents: &mut Vec<String>, at: &str) -> Option<Detail> {
+    if consents.len() > MAX_CONSENTS {
+        return Some(Detail::field(
+            at,
+            format!("at most {MAX_CONSENTS} purposes"),
+        ));
+    }
+    if let Some(bad) = consents.iter().position(|c| !valid_name(c)) {
+        return Some(Detail {
+            index: Some(bad),
+            ..Detail::field(at, "a purpose must match ^[a-z][a-z0-9_-]{0,62}$")
+        });
+    }
+    consents.sort();
+    consents.dedup();
+    None
+}
+
+fn forbidden(action: DataAction, columns: Vec<String>) -> VaultError {
+    VaultError::Forbidden {
+        message: format!(
+            "the caller's policies do not allow `{}` here",
+            action.as_str()
+        ),
+        details: columns
+            .into_iter()
+            .map(|c| Detail::field(c, "forbidden"))
+            .collect(),
+    }
 }
 
 /// One value on its way into the database.
@@ -425,14 +472,42 @@ impl VaultService {
         &self,
         vault: &str,
         table: &str,
-        records: Vec<Map<String, Value>>,
+        records: Vec<NewRecord>,
+        gate: &dyn Gate,
     ) -> Result<Vec<InsertedRecord>, VaultError> {
         check_batch(records.len(), "records")?;
         let v = self.load(vault).await?;
         let t = v.table(table)?;
-        let mut values = self.prepare(&v, t, &records, true)?;
-        let ids: Vec<Uuid> = (0..records.len()).map(|_| Uuid::new_v4()).collect();
-        self.store_new(&v, t, &ids, &mut values).await?;
+        let (fields, mut consents): (Vec<Map<String, Value>>, Vec<Vec<String>>) =
+            records.into_iter().map(|r| (r.fields, r.consents)).unzip();
+        let mut errors = Vec::new();
+        for (i, c) in consents.iter_mut().enumerate() {
+            if let Some(d) = check_consents(c, "consents") {
+                errors.push(Detail {
+                    record: Some(i),
+                    ..d
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(VaultError::invalid(
+                "one or more records are invalid",
+                errors,
+            ));
+        }
+        let denied: Vec<String> = t
+            .columns
+            .iter()
+            .filter(|c| fields.iter().any(|f| f.contains_key(&c.name)))
+            .filter(|c| !gate.allows(DataAction::Insert, &v, t, Some(c), None))
+            .map(|c| c.name.clone())
+            .collect();
+        if !denied.is_empty() {
+            return Err(forbidden(DataAction::Insert, denied));
+        }
+        let mut values = self.prepare(&v, t, &fields, true)?;
+        let ids: Vec<Uuid> = (0..fields.len()).map(|_| Uuid::new_v4()).collect();
+        self.store_new(&v, t, &ids, &consents, &mut values).await?;
         let mut out: Vec<InsertedRecord> = ids
             .iter()
             .map(|id| InsertedRecord {
@@ -456,17 +531,31 @@ impl VaultService {
         v: &LoadedVault,
         t: &Table,
         ids: &[Uuid],
+        consents: &[Vec<String>],
         values: &mut [PendingValue<'_>],
     ) -> Result<(), VaultError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         self.check_unique(&tx, v, values, ids, None).await?;
         self.allocate_tokens(&tx, v, values).await?;
-        tx.execute(
-            "INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3",
-            &[&ids, &v.id, &t.id],
-        )
-        .await?;
+        if consents.iter().all(Vec::is_empty) {
+            tx.execute(
+                "INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3",
+                &[&ids, &v.id, &t.id],
+            )
+            .await?;
+        } else {
+            // One text[] per record, passed as JSON arrays (PostgreSQL has no array of arrays
+            // of differing lengths).
+            let lists: Vec<Value> = consents.iter().map(|c| Value::from(c.clone())).collect();
+            tx.execute(
+                "INSERT INTO records (id, vault_id, table_id, consents)
+                 SELECT r, $2, $3, ARRAY(SELECT jsonb_array_elements_text(c))
+                 FROM unnest($1::uuid[], $4::jsonb[]) AS x(r, c)",
+                &[&ids, &v.id, &t.id, &lists],
+            )
+            .await?;
+        }
         self.write_values(&tx, v, t, ids, values, false).await?;
         tx.commit().await?;
         Ok(())
@@ -480,17 +569,97 @@ impl VaultService {
         id: &str,
         level: Redaction,
         columns: Option<Vec<String>>,
+        gate: &dyn Gate,
     ) -> Result<RecordView, VaultError> {
         let v = self.load(vault).await?;
         let t = v.table(table)?;
         let wanted = wanted_columns(t, columns)?;
         let id = parse_record_id(id)?;
-        let mut views = self.read_many(&v, t, &[id], level, wanted.as_ref()).await?;
-        views
+        let mut views = self
+            .read_many(&v, t, &[id], level, wanted.as_ref(), gate, DataAction::Read)
+            .await?;
+        let view = views
             .pop()
-            .ok_or_else(|| VaultError::NotFound("record".into()))
+            .ok_or_else(|| VaultError::NotFound("record".into()))?;
+        if view.fields.is_empty() && !view.withheld.is_empty() {
+            return Err(forbidden(DataAction::Read, view.withheld));
+        }
+        Ok(view)
     }
 
+    /// What row-level policies may know about `ids`: consents, `policy_attribute` values
+    /// (decrypted here, never stored in the clear) and grants to the gate's principal.
+    pub(super) async fn row_facts(
+        &self,
+        v: &LoadedVault,
+        ids: &[Uuid],
+        gate: &dyn Gate,
+    ) -> Result<HashMap<Uuid, RowFacts>, VaultError> {
+        let mut facts: HashMap<Uuid, RowFacts> = ids
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    RowFacts {
+                        id: *id,
+                        ..RowFacts::default()
+                    },
+                )
+            })
+            .collect();
+        if !gate.needs_rows() || ids.is_empty() {
+            return Ok(facts);
+        }
+        let attribute_columns: Vec<Uuid> = v
+            .tables
+            .iter()
+            .flat_map(|t| t.columns.iter())
+            .filter(|c| c.policy_attribute)
+            .map(|c| c.id)
+            .collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed
+                 FROM records r LEFT JOIN record_values rv ON rv.record_id = r.id AND rv.column_id = ANY($2)
+                 WHERE r.id = ANY($1) AND r.vault_id = $3",
+                &[&ids, &attribute_columns, &v.id],
+            )
+            .await?;
+        for row in rows {
+            let id: Uuid = row.get(0);
+            let Some(f) = facts.get_mut(&id) else {
+                continue;
+            };
+            f.consents = row.get(1);
+            let Some(column_id) = row.get::<_, Option<Uuid>>(2) else {
+                continue;
+            };
+            if let Some((table, column)) = v.column_by_id(&column_id) {
+                let canonical = open_value(v, &table.id, &column_id, &id, row.get(3), row.get(4))?;
+                f.attributes
+                    .insert(column.name.clone(), canonical.as_str().to_string());
+            }
+        }
+        if let Some(who) = gate.grantee() {
+            let granted = client
+                .query(
+                    "SELECT DISTINCT gr.record_id FROM grant_records gr JOIN grants g ON g.id = gr.grant_id
+                     WHERE g.principal = $1 AND gr.record_id = ANY($2)
+                       AND g.expires_at > now() AND g.revoked_at IS NULL",
+                    &[&who, &ids],
+                )
+                .await?;
+            for row in granted {
+                if let Some(f) = facts.get_mut(&row.get::<_, Uuid>(0)) {
+                    f.granted = true;
+                }
+            }
+        }
+        Ok(facts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn read_many(
         &self,
         v: &LoadedVault,
@@ -498,7 +667,10 @@ impl VaultService {
         ids: &[Uuid],
         level: Redaction,
         wanted: Option<&HashSet<Uuid>>,
+        gate: &dyn Gate,
+        action: DataAction,
     ) -> Result<Vec<RecordView>, VaultError> {
+        let facts = self.row_facts(v, ids, gate).await?;
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -515,6 +687,7 @@ impl VaultService {
                 out.push(RecordView {
                     id,
                     fields: Map::new(),
+                    withheld: Vec::new(),
                 });
             }
             let Some(column_id) = row.get::<_, Option<Uuid>>(1) else {
@@ -526,16 +699,23 @@ impl VaultService {
             let Some(column) = t.columns.iter().find(|c| c.id == column_id) else {
                 continue;
             };
+            let Some(view) = out.last_mut() else {
+                continue;
+            };
+            let row_facts = facts.get(&id).cloned().unwrap_or_default();
+            let Some(level) = gate.reveal(action, v, t, column, &row_facts, level) else {
+                view.withheld.push(column.name.clone());
+                continue;
+            };
             let canonical = open_value(v, &t.id, &column_id, &id, row.get(2), row.get(3))?;
             let (value, _) = render(column, &canonical, level);
-            if let Some(view) = out.last_mut() {
-                view.fields.insert(column.name.clone(), value);
-            }
+            view.fields.insert(column.name.clone(), value);
         }
         Ok(out)
     }
 
     /// `POST …/records/lookup`: records whose `column` holds one of `values`.
+    #[allow(clippy::too_many_arguments)] // mirrors the request body's fields
     pub async fn lookup(
         &self,
         vault: &str,
@@ -544,6 +724,7 @@ impl VaultService {
         values: &[Value],
         level: Redaction,
         columns: Option<Vec<String>>,
+        gate: &dyn Gate,
     ) -> Result<Vec<RecordView>, VaultError> {
         check_batch(values.len(), "values")?;
         let v = self.load(vault).await?;
@@ -566,6 +747,9 @@ impl VaultService {
                     format!("`{column}` is neither deterministic nor unique"),
                 )],
             ));
+        }
+        if !gate.allows(DataAction::Lookup, &v, t, Some(c), None) {
+            return Err(forbidden(DataAction::Lookup, vec![c.name.clone()]));
         }
         let mut errors = Vec::new();
         let mut blinds = Vec::new();
@@ -595,7 +779,12 @@ impl VaultService {
             .map(|r| r.get(0))
             .collect();
         drop(client);
-        self.read_many(&v, t, &ids, level, wanted.as_ref()).await
+        let mut views = self
+            .read_many(&v, t, &ids, level, wanted.as_ref(), gate, DataAction::Read)
+            .await?;
+        // Records the caller may see nothing of are not reported at all.
+        views.retain(|r| !r.fields.is_empty() || r.withheld.is_empty());
+        Ok(views)
     }
 
     /// `PATCH …/records/{id}`: sets (or, with `null`, removes) the given fields.
@@ -605,11 +794,20 @@ impl VaultService {
         table: &str,
         id: &str,
         fields: Map<String, Value>,
+        consents: Option<Vec<String>>,
+        gate: &dyn Gate,
     ) -> Result<InsertedRecord, VaultError> {
         let v = self.load(vault).await?;
         let t = v.table(table)?;
         let id = parse_record_id(id)?;
-        if fields.is_empty() {
+        let mut consents = consents;
+        if let Some(d) = consents
+            .as_mut()
+            .and_then(|c| check_consents(c, "consents"))
+        {
+            return Err(VaultError::invalid("the update is invalid", vec![d]));
+        }
+        if fields.is_empty() && consents.is_none() {
             return Err(VaultError::invalid(
                 "nothing to update",
                 vec![Detail::field("fields", "is empty")],
@@ -635,6 +833,21 @@ impl VaultService {
             .map(|pv| pv.column.id)
             .chain(cleared.iter().copied())
             .collect();
+        let facts = self.row_facts(&v, &[id], gate).await?;
+        let row = facts.get(&id).cloned().unwrap_or_default();
+        let mut denied: Vec<String> = t
+            .columns
+            .iter()
+            .filter(|c| changed.contains(&c.id))
+            .filter(|c| !gate.allows(DataAction::Update, &v, t, Some(c), Some(&row)))
+            .map(|c| c.name.clone())
+            .collect();
+        if consents.is_some() && !gate.allows(DataAction::Update, &v, t, None, Some(&row)) {
+            denied.push("consents".into());
+        }
+        if !denied.is_empty() {
+            return Err(forbidden(DataAction::Update, denied));
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.query_opt(
@@ -643,6 +856,10 @@ impl VaultService {
         )
         .await?
         .ok_or_else(|| VaultError::NotFound("record".into()))?;
+        if let Some(c) = &consents {
+            tx.execute("UPDATE records SET consents = $2 WHERE id = $1", &[&id, c])
+                .await?;
+        }
         let old: Vec<Vec<u8>> = tx
             .query(
                 "SELECT token_hash FROM record_values WHERE record_id = $1 AND column_id = ANY($2) AND token_hash IS NOT NULL",
@@ -685,10 +902,17 @@ impl VaultService {
         vault: &str,
         table: &str,
         id: &str,
+        gate: &dyn Gate,
     ) -> Result<(), VaultError> {
         let v = self.load(vault).await?;
         let t = v.table(table)?;
         let id = parse_record_id(id)?;
+        let facts = self.row_facts(&v, &[id], gate).await?;
+        if let Some(row) = facts.get(&id)
+            && !gate.allows(DataAction::Delete, &v, t, None, Some(row))
+        {
+            return Err(forbidden(DataAction::Delete, vec![]));
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.query_opt(
@@ -723,6 +947,7 @@ impl VaultService {
         table: &str,
         column: &str,
         values: Vec<Value>,
+        gate: &dyn Gate,
     ) -> Result<Vec<String>, VaultError> {
         check_batch(values.len(), "values")?;
         let v = self.load(vault).await?;
@@ -736,6 +961,9 @@ impl VaultService {
                 )],
             )
         })?;
+        if !gate.allows(DataAction::Tokenize, &v, t, Some(c), None) {
+            return Err(forbidden(DataAction::Tokenize, vec![c.name.clone()]));
+        }
         if c.tokenization == Tokenization::None {
             return Err(VaultError::invalid(
                 "the column is not tokenized",
@@ -770,8 +998,7 @@ impl VaultService {
                     .map(|d| Detail {
                         index: d.record,
                         record: None,
-                        field: Some("values".into()),
-                        reason: d.reason,
+                        ..Detail::field("values", d.reason)
                     })
                     .collect(),
             },
@@ -820,7 +1047,7 @@ impl VaultService {
         }
         if !fresh.is_empty() {
             let ids: Vec<Uuid> = (0..fresh.len()).map(|_| Uuid::new_v4()).collect();
-            self.store_new(&v, t, &ids, &mut fresh).await?;
+            self.store_new(&v, t, &ids, &[], &mut fresh).await?;
         }
         let mut out = Vec::with_capacity(slots.len());
         for (is_fresh, i) in slots {

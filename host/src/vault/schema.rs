@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::Detail;
 
 /// A redaction level asked for on a read or detokenize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Redaction {
     Plain,

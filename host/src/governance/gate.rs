@@ -1,0 +1,217 @@
+//! [`CedarGate`]: the vault's [`Gate`] for one API request, deciding with Cedar.
+//!
+//! Decisions are memoised for the request: by column, level and the record's facts (its
+//! attributes, consents and grant), or by the record's id when some policy names a record
+//! literally. A batch of a thousand tokens from one column thus costs a handful of decisions.
+
+use super::accounts::Caller;
+use super::audit;
+use super::engine::{EntityStore, Facts, Kind, PolicyEngine, Verdict, action, uid};
+use crate::types::DataType;
+use crate::vault::access::{DataAction, Gate, RowFacts};
+use crate::vault::{Column, LoadedVault, Redaction, Table};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// The id audit events cite when the card guardrail withheld a plaintext card number.
+pub const CARD_GUARDRAIL: &str = "guardrail:card-plaintext";
+
+#[derive(Hash, PartialEq, Eq)]
+struct MemoKey {
+    action: DataAction,
+    column: Option<Uuid>,
+    level: Option<Redaction>,
+    record: Option<RecordKey>,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+enum RecordKey {
+    Id(Uuid),
+    Facts(BTreeMap<String, String>, Vec<String>, bool),
+}
+
+/// Decides for one caller, one request.
+pub struct CedarGate {
+    engine: Arc<PolicyEngine>,
+    caller: Caller,
+    purpose: String,
+    card_guardrail: bool,
+    memo: Mutex<HashMap<MemoKey, Arc<Verdict>>>,
+}
+
+impl CedarGate {
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        caller: Caller,
+        purpose: String,
+        card_guardrail: bool,
+    ) -> CedarGate {
+        CedarGate {
+            engine,
+            caller,
+            purpose,
+            card_guardrail,
+            memo: Mutex::default(),
+        }
+    }
+
+    fn record_key(&self, row: &RowFacts) -> RecordKey {
+        if self.engine.cites_records() {
+            RecordKey::Id(row.id)
+        } else {
+            RecordKey::Facts(row.attributes.clone(), row.consents.clone(), row.granted)
+        }
+    }
+
+    /// One decision, memoised; notes it in the request's audit event (a denial only when
+    /// `note_denial`: trying plain before masked for `default` is not a denial).
+    fn decide(&self, q: &Question<'_>, note_denial: bool) -> bool {
+        let key = MemoKey {
+            action: q.action,
+            column: q.column.map(|c| c.id),
+            level: q.level,
+            record: q.row.map(|r| self.record_key(r)),
+        };
+        let known = self.memo.lock().ok().and_then(|m| m.get(&key).cloned());
+        let verdict = match known {
+            Some(v) => v,
+            None => {
+                let v = Arc::new(self.evaluate(q));
+                if let Ok(mut m) = self.memo.lock() {
+                    m.insert(key, v.clone());
+                }
+                v
+            }
+        };
+        if verdict.allowed || note_denial {
+            audit::note(|e| e.decided(verdict.allowed, &verdict.policies));
+        }
+        verdict.allowed
+    }
+
+    fn evaluate(&self, q: &Question<'_>) -> Verdict {
+        let (vault, table) = (&q.vault.name, &q.table.name);
+        let mut store = EntityStore::default();
+        let account = &self.caller.account;
+        let principal = store.service_account(&account.name, &account.roles, &account.attributes);
+        let record = q.row.map(|r| {
+            // A stand-in id when records with equal facts share decisions.
+            let id = match self.record_key(r) {
+                RecordKey::Id(id) => id.to_string(),
+                RecordKey::Facts(..) => "facts".to_string(),
+            };
+            store.record(vault, table, &id, &r.attributes, &r.consents)
+        });
+        let resource = match q.column {
+            Some(c) => store.column(vault, table, &c.name, c.data_type.as_str()),
+            None => record
+                .clone()
+                .unwrap_or_else(|| uid(Kind::Table, &format!("{vault}/{table}"))),
+        };
+        let facts = Facts {
+            purpose: &self.purpose,
+            granted: q.row.map(|r| r.granted),
+            // `delete` decides on the record itself and has no `context.record`.
+            record: if q.action == DataAction::Delete {
+                None
+            } else {
+                record
+            },
+            redaction: q.level.map(Redaction::as_str),
+        };
+        let entities = store.build();
+        self.engine.decide(
+            &principal,
+            &action(q.action.as_str()),
+            &resource,
+            facts.context(),
+            &entities,
+        )
+    }
+}
+
+/// One authorization question.
+struct Question<'a> {
+    action: DataAction,
+    vault: &'a LoadedVault,
+    table: &'a Table,
+    column: Option<&'a Column>,
+    row: Option<&'a RowFacts>,
+    level: Option<Redaction>,
+}
+
+impl Gate for CedarGate {
+    fn reveal(
+        &self,
+        action_name: DataAction,
+        vault: &LoadedVault,
+        table: &Table,
+        column: &Column,
+        row: &RowFacts,
+        requested: Redaction,
+    ) -> Option<Redaction> {
+        audit::note(|e| {
+            e.column(&column.name);
+            e.record(row.id);
+        });
+        let guarded = self.card_guardrail && column.data_type == DataType::CardNumber;
+        let levels: &[Redaction] = match requested {
+            Redaction::Default => &[Redaction::Plain, Redaction::Masked, Redaction::Redacted],
+            Redaction::Plain => &[Redaction::Plain],
+            Redaction::Masked => &[Redaction::Masked],
+            Redaction::Redacted => &[Redaction::Redacted],
+        };
+        for (i, level) in levels.iter().enumerate() {
+            if *level == Redaction::Plain && guarded {
+                if requested == Redaction::Plain {
+                    audit::note(|e| e.decided(false, &[CARD_GUARDRAIL.to_string()]));
+                }
+                continue;
+            }
+            let q = Question {
+                action: action_name,
+                vault,
+                table,
+                column: Some(column),
+                row: Some(row),
+                level: Some(*level),
+            };
+            if self.decide(&q, i + 1 == levels.len()) {
+                return Some(*level);
+            }
+        }
+        None
+    }
+
+    fn allows(
+        &self,
+        action_name: DataAction,
+        vault: &LoadedVault,
+        table: &Table,
+        column: Option<&Column>,
+        row: Option<&RowFacts>,
+    ) -> bool {
+        audit::note(|e| {
+            if let Some(c) = column {
+                e.column(&c.name);
+            }
+            if let Some(r) = row {
+                e.record(r.id);
+            }
+        });
+        let q = Question {
+            action: action_name,
+            vault,
+            table,
+            column,
+            row,
+            level: None,
+        };
+        self.decide(&q, true)
+    }
+
+    fn grantee(&self) -> Option<&str> {
+        Some(&self.caller.account.name)
+    }
+}

@@ -1,0 +1,643 @@
+//! Governance through the real API: service accounts and keys, Cedar policies at column, row,
+//! purpose and time level, the card guardrail, and the audit chain.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use strongroom_tests::{TestApp, assert_error};
+
+const RECORDS: &str = "/v1/vaults/payments/tables/customers/records";
+
+async fn insert(app: &TestApp, records: Value) -> Vec<Value> {
+    let (status, body) = app.post(RECORDS, json!({ "records": records })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"].as_array().unwrap().clone()
+}
+
+fn customer(email: &str, region: &str) -> Value {
+    json!({"fields": {"name": "Ada Lovelace", "email": email, "card_number": "4111111111111111",
+                      "ssn": "123-45-6789", "region": region}})
+}
+
+#[tokio::test]
+async fn service_accounts_keys_rotate_expire_and_revoke() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/service-accounts",
+            json!({"name": "checkout", "roles": ["app"], "attributes": {"team": "payments"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key1 = body["api_key"].as_str().unwrap().to_string();
+    let key_id = body["key_id"].as_str().unwrap().to_string();
+    assert!(
+        key1.starts_with(&format!("sr_{key_id}_")),
+        "the key names its id"
+    );
+    // listed without the secret; the database holds only a keyed hash
+    let (_, list) = app.get("/v1/service-accounts").await;
+    assert!(!list.to_string().contains(&key1[20..]));
+    let secret = key1.rsplit('_').next().unwrap();
+    let db = app.db().await;
+    let rows = db
+        .query("SELECT secret_hash FROM api_keys", &[])
+        .await
+        .unwrap();
+    for r in rows {
+        let h: Vec<u8> = r.get(0);
+        assert!(!String::from_utf8_lossy(&h).contains(secret));
+    }
+    // deny by default: a fresh account may do nothing
+    let (status, body) = app
+        .call_as(Some(&key1), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // a second key works beside the first; revoking the first leaves the second
+    let (status, second) = app
+        .post("/v1/service-accounts/checkout/keys", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let key2 = second["api_key"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .delete(&format!("/v1/service-accounts/checkout/keys/{key_id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app
+        .call_as(Some(&key1), Method::GET, "/v1/vaults", None)
+        .await;
+    let err = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(err["message"].as_str().unwrap().contains("revoked"));
+    let (status, _) = app
+        .call_as(Some(&key2), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "authenticated, still not permitted"
+    );
+
+    // an expiring key stops working at its expiry
+    let (_, short) = app
+        .post(
+            "/v1/service-accounts/checkout/keys",
+            json!({"expires_in_seconds": 1}),
+        )
+        .await;
+    let key3 = short["api_key"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (status, body) = app
+        .call_as(Some(&key3), Method::GET, "/v1/vaults", None)
+        .await;
+    let err = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(err["message"].as_str().unwrap().contains("expired"));
+
+    // a wrong secret with a real key id is refused; deleting the account kills its keys
+    let forged = format!("sr_{key_id}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let (status, _) = app
+        .call_as(Some(&forged), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app.delete("/v1/service-accounts/checkout").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .call_as(Some(&key2), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // bad input
+    let (status, body) = app
+        .post("/v1/service-accounts", json!({"name": "Bad Name"}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .post(
+            "/v1/service-accounts",
+            json!({"name": "x", "roles": ["a b"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn policies_validate_version_and_take_effect_at_once() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let key = app.service_account("reporter", &["reporting"]).await;
+    let (status, before) = app
+        .raw(Method::GET, "/v1/policies", "text/plain", vec![])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // malformed Cedar: 400 with the position; nothing changes
+    let (status, body) = app
+        .policies("@id(\"broken\")\npermit(principal, action, resource) when {")
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_policy");
+    assert!(err["details"][0]["line"].as_u64().unwrap() >= 3, "{err}");
+    // an unknown attribute: the validator names the policy, line and column
+    let (status, body) = app
+        .policies("@id(\"typo\")\npermit(principal, action == Strongroom::Action::\"read\", resource)\n  when { resource.colour == \"red\" };")
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_policy");
+    assert_eq!(err["details"][0]["policy"], "typo");
+    assert_eq!(err["details"][0]["line"], 5);
+    assert!(err["details"][0]["column"].as_u64().is_some());
+    // an unknown entity type
+    let (status, _) = app
+        .policies("permit(principal == Strongroom::User::\"x\", action, resource);")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, after) = app
+        .raw(Method::GET, "/v1/policies", "text/plain", vec![])
+        .await;
+    assert_eq!(before, after, "a rejected set changes nothing");
+
+    // a valid set applies to the next request, no restart
+    let (status, _) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = app
+        .policies("@id(\"reporting-list\")\npermit(principal in Strongroom::Role::\"reporting\", action == Strongroom::Action::\"list_vaults\", resource);")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, versions) = app.get("/v1/policies/versions").await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+    assert_eq!(versions["versions"][0]["active"], true);
+
+    // the dry run names the deciding policy
+    let (status, check) = app
+        .post(
+            "/v1/policies/check",
+            json!({"principal": "reporter", "action": "list_vaults"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{check}");
+    assert_eq!(check["decision"], "allow");
+    assert_eq!(check["policies"], json!(["reporting-list"]));
+    let (_, check) = app
+        .post(
+            "/v1/policies/check",
+            json!({"principal": "reporter", "action": "read",
+            "resource": {"vault": "payments", "table": "customers", "column": "ssn", "type": "ssn"},
+            "context": {"purpose": "", "redaction": "plain", "granted": false},
+            "record": {"attributes": {"region": "CA"}, "consents": []}}),
+        )
+        .await;
+    assert_eq!(check["decision"], "deny", "{check}");
+    let (status, body) = app
+        .post(
+            "/v1/policies/check",
+            json!({"principal": "nobody", "action": "read"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // non-admins cannot change policies
+    let (status, _) = app
+        .call_as(Some(&key), Method::GET, "/v1/policies/versions", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn column_and_row_level_rules() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let recs = insert(
+        &app,
+        json!([
+            customer("ca@example.com", "CA"),
+            customer("ny@example.com", "NY")
+        ]),
+    )
+    .await;
+    let (ca, ny) = (
+        recs[0]["id"].as_str().unwrap(),
+        recs[1]["id"].as_str().unwrap(),
+    );
+    let key = app.service_account("support", &["support"]).await;
+    let (status, body) = app
+        .policies(r#"
+@id("support-email-masked")
+permit(principal in Strongroom::Role::"support", action in [Strongroom::Action::"read", Strongroom::Action::"detokenize"],
+       resource == Strongroom::Column::"payments/customers/email")
+when { context.redaction == "masked" && context.record.hasTag("region") && context.record.getTag("region") == "CA" };
+@id("support-region")
+permit(principal in Strongroom::Role::"support", action == Strongroom::Action::"read",
+       resource == Strongroom::Column::"payments/customers/region")
+when { context.record.hasTag("region") && context.record.getTag("region") == "CA" };
+@id("support-update-region")
+permit(principal in Strongroom::Role::"support", action == Strongroom::Action::"update", resource)
+when { context.record.hasTag("region") && context.record.getTag("region") == "CA" };
+"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let get = |id: &str, level: &str| {
+        let path = format!("{RECORDS}/{id}?redaction={level}");
+        let key = key.clone();
+        let app = &app;
+        async move { app.call_with(&key, None, Method::GET, &path, None).await }
+    };
+    // column level: email masked only; the rest withheld
+    let (status, body) = get(ca, "default").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["email"], "c***@example.com");
+    assert_eq!(body["fields"]["region"], "CA");
+    let withheld: Vec<&str> = body["withheld"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for c in ["name", "card_number", "ssn"] {
+        assert!(withheld.contains(&c), "{body}");
+    }
+    let (_, body) = get(ca, "plain").await;
+    assert!(
+        body["fields"].get("email").is_none(),
+        "plain is not allowed: {body}"
+    );
+    // row level: NY records are out of reach entirely
+    let (status, body) = get(ny, "default").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    // detokenize: per-token forbidden
+    let (status, body) = app
+        .call_with(&key, None, Method::POST, "/v1/vaults/payments/detokenize",
+            Some(json!({"tokens": [recs[0]["tokens"]["email"], recs[1]["tokens"]["email"], recs[0]["tokens"]["ssn"]], "redaction": "masked"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["value"], "c***@example.com");
+    assert_eq!(body["results"][1]["error"]["code"], "forbidden");
+    assert_eq!(body["results"][2]["error"]["code"], "forbidden");
+    // update and delete follow the row rule; a refused write changes nothing
+    let (status, _) = app
+        .call_with(
+            &key,
+            None,
+            Method::PATCH,
+            &format!("{RECORDS}/{ny}"),
+            Some(json!({"fields": {"name": "Grace"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = app
+        .call_with(
+            &key,
+            None,
+            Method::PATCH,
+            &format!("{RECORDS}/{ca}"),
+            Some(json!({"fields": {"name": "Grace Hopper"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app
+        .call_with(&key, None, Method::DELETE, &format!("{RECORDS}/{ca}"), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no delete policy");
+    let (_, still) = app.get(&format!("{RECORDS}/{ny}?redaction=plain")).await;
+    assert_eq!(still["fields"]["name"], "Ada Lovelace");
+    // look-up: needs `lookup` on the column
+    let (status, _) = app
+        .call_with(
+            &key,
+            None,
+            Method::POST,
+            &format!("{RECORDS}/lookup"),
+            Some(json!({"column": "email", "values": ["ca@example.com"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// The seed scenario: phone numbers collected for authentication, marketing and integrity.
+#[tokio::test]
+async fn purpose_and_consent() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "payments", "tables": [{"name": "customers", "columns": [
+            {"name": "phone", "type": "phone", "tokenization": "deterministic"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [
+            {"fields": {"phone": "+14155550100"}, "consents": ["authentication", "marketing", "integrity"]},
+            {"fields": {"phone": "+14155550101"}, "consents": ["authentication", "integrity"]}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let tokens: Vec<Value> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tokens"]["phone"].clone())
+        .collect();
+    let auth = app.service_account("auth", &["auth"]).await;
+    let marketing = app.service_account("marketing", &["marketing"]).await;
+    let fraud = app.service_account("fraud", &["fraud"]).await;
+    let (status, body) = app
+        .policies(r#"
+@id("auth-plain-for-authentication")
+permit(principal in Strongroom::Role::"auth", action == Strongroom::Action::"detokenize", resource)
+when { context.purpose == "authentication" && context.record.consents.contains("authentication") };
+@id("marketing-consented")
+permit(principal in Strongroom::Role::"marketing", action == Strongroom::Action::"detokenize", resource)
+when { context.purpose == "marketing" && context.record.consents.contains("marketing") };
+@id("fraud-tokens-only")
+permit(principal in Strongroom::Role::"fraud", action in [Strongroom::Action::"tokenize", Strongroom::Action::"lookup"], resource);
+@id("never-detokenize-for-fraud")
+forbid(principal in Strongroom::Role::"fraud", action in [Strongroom::Action::"detokenize", Strongroom::Action::"read"], resource);
+"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let detok = |key: String, purpose: Option<&'static str>| {
+        let app = &app;
+        let tokens = tokens.clone();
+        async move {
+            let (status, body) = app
+                .call_with(
+                    &key,
+                    purpose,
+                    Method::POST,
+                    "/v1/vaults/payments/detokenize",
+                    Some(json!({"tokens": tokens, "redaction": "plain"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["results"].as_array().unwrap().clone()
+        }
+    };
+    let r = detok(auth.clone(), Some("authentication")).await;
+    assert_eq!(r[0]["value"], "+14155550100");
+    assert_eq!(r[1]["value"], "+14155550101");
+    let r = detok(auth.clone(), Some("marketing")).await;
+    assert_eq!(
+        r[0]["error"]["code"], "forbidden",
+        "auth may not read for marketing"
+    );
+    let r = detok(auth.clone(), None).await;
+    assert_eq!(
+        r[0]["error"]["code"], "forbidden",
+        "no purpose, no plaintext"
+    );
+    let r = detok(marketing.clone(), Some("marketing")).await;
+    assert_eq!(r[0]["value"], "+14155550100");
+    assert_eq!(
+        r[1]["error"]["code"], "forbidden",
+        "did not consent to marketing"
+    );
+    let r = detok(fraud.clone(), Some("integrity")).await;
+    assert!(r.iter().all(|x| x["error"]["code"] == "forbidden"));
+    // the fraud service works with tokens: equal numbers give equal tokens
+    let (status, body) = app
+        .call_with(
+            &fraud,
+            Some("integrity"),
+            Method::POST,
+            "/v1/vaults/payments/tokenize",
+            Some(json!({"table": "customers", "column": "phone", "values": ["+1 415 555 0100"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokens"][0], tokens[0]);
+    // consents change through update; odd purposes are refused
+    let (status, body) = app
+        .call_with(
+            &auth,
+            Some("Marketing!"),
+            Method::POST,
+            "/v1/vaults/payments/detokenize",
+            Some(json!({"tokens": tokens})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .post(
+            RECORDS,
+            json!({"records": [{"fields": {"phone": "+14155550102"}, "consents": ["Not OK"]}]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn time_bound_grants_and_the_card_guardrail() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let recs = insert(
+        &app,
+        json!([
+            customer("a@example.com", "CA"),
+            customer("b@example.com", "CA"),
+            customer("c@example.com", "NY")
+        ]),
+    )
+    .await;
+    let agent = app.service_account("agent-7", &["support-agent"]).await;
+    let (status, body) = app
+        .policies(r#"
+@id("queue")
+permit(principal in Strongroom::Role::"support-agent", action == Strongroom::Action::"read", resource)
+when { context.granted };
+"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let read = |id: String| {
+        let app = &app;
+        let agent = agent.clone();
+        async move {
+            app.call_with(
+                &agent,
+                None,
+                Method::GET,
+                &format!("{RECORDS}/{id}?redaction=plain"),
+                None,
+            )
+            .await
+        }
+    };
+    let id = |i: usize| recs[i]["id"].as_str().unwrap().to_string();
+    assert_eq!(read(id(0)).await.0, StatusCode::FORBIDDEN, "no grant yet");
+    let (status, grant) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "agent-7", "expires_in_seconds": 2,
+            "records": [{"vault": "payments", "table": "customers", "id": id(0)}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    let (status, body) = read(id(0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["ssn"], "123-45-6789");
+    // even though the policy permits plain reads of every column: the card guardrail
+    assert!(body["fields"].get("card_number").is_none());
+    assert_eq!(body["withheld"], json!(["card_number"]));
+    assert_eq!(
+        read(id(1)).await.0,
+        StatusCode::FORBIDDEN,
+        "not in the queue"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(
+        read(id(0)).await.0,
+        StatusCode::FORBIDDEN,
+        "the grant expired"
+    );
+    // bad grants
+    let (status, body) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "nobody", "expires_in_seconds": 60,
+            "records": [{"vault": "payments", "table": "customers", "id": id(2)}]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .post("/v1/grants", json!({"principal": "agent-7", "expires_in_seconds": 60,
+            "records": [{"vault": "payments", "table": "customers", "id": "00000000-0000-0000-0000-000000000000"}]}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // revoking a grant ends it at once
+    let (_, g) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "agent-7", "expires_in_seconds": 600,
+            "records": [{"vault": "payments", "table": "customers", "id": id(2)}]}),
+        )
+        .await;
+    assert_eq!(read(id(2)).await.0, StatusCode::OK);
+    let (status, _) = app
+        .delete(&format!("/v1/grants/{}", g["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(read(id(2)).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn audit_chain_records_access_and_detects_tampering() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let recs = insert(&app, json!([customer("audit@example.com", "CA")])).await;
+    let id = recs[0]["id"].as_str().unwrap();
+    app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    let key = app.service_account("nosy", &["nobody"]).await;
+    app.call_with(
+        &key,
+        Some("curiosity"),
+        Method::GET,
+        &format!("{RECORDS}/{id}"),
+        None,
+    )
+    .await;
+
+    let (status, page) = app.get("/v1/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let events = page["events"].as_array().unwrap();
+    let text = page.to_string();
+    for secret in [
+        "audit@example.com",
+        "123-45-6789",
+        "4111111111111111",
+        "Ada Lovelace",
+    ] {
+        assert!(!text.contains(secret), "audit holds {secret}");
+    }
+    let read = events
+        .iter()
+        .find(|e| e["action"] == "read" && e["principal"] == "admin")
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(read["key_id"], "bootstrap");
+    assert_eq!(read["records"], json!([id]));
+    assert_eq!(
+        read["decision"], "partial",
+        "card withheld by the guardrail: {read}"
+    );
+    assert!(
+        read["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("admin-all"))
+    );
+    let denied = events
+        .iter()
+        .find(|e| e["principal"] == "nosy")
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["purpose"], "curiosity");
+    assert_eq!(denied["decision"], "deny");
+    // filters and paging
+    let (_, only) = app.get("/v1/audit?principal=nosy").await;
+    assert_eq!(only["events"].as_array().unwrap().len(), 1);
+    let (_, first) = app.get("/v1/audit?limit=2").await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, next) = app.get(&format!("/v1/audit?limit=2&cursor={cursor}")).await;
+    assert!(next["events"][0]["seq"].as_i64() > first["events"][1]["seq"].as_i64());
+    let (status, body) = app.get("/v1/audit?limit=0").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    // tamper with one event: verify names it
+    let seq = read["seq"].as_i64().unwrap();
+    let db = app.db().await;
+    db.execute(
+        "UPDATE audit_events SET event = replace(event, '\"admin\"', '\"someone-else\"') WHERE seq = $1",
+        &[&seq],
+    )
+    .await
+    .unwrap();
+    let (_, broken) = app.get("/v1/audit/verify").await;
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["first_broken"]["seq"], seq);
+    // and a deleted event is a gap
+    db.execute("UPDATE audit_events SET event = replace(event, '\"someone-else\"', '\"admin\"') WHERE seq = $1", &[&seq]).await.unwrap();
+    db.execute("DELETE FROM audit_events WHERE seq = 2", &[])
+        .await
+        .unwrap();
+    let (_, gap) = app.get("/v1/audit/verify").await;
+    assert_eq!(gap["first_broken"]["seq"], 2, "{gap}");
+}
+
+#[tokio::test]
+async fn no_unaudited_access() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let recs = insert(&app, json!([customer("x@example.com", "CA")])).await;
+    let id = recs[0]["id"].as_str().unwrap();
+    // make audit writes fail: the read is refused rather than answered unaudited
+    let db = app.db().await;
+    db.execute(
+        "ALTER TABLE audit_events ADD CONSTRAINT no_more CHECK (seq < 0) NOT VALID",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (status, body) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+    );
+    assert!(!body.to_string().contains("x@example.com"));
+    db.execute("ALTER TABLE audit_events DROP CONSTRAINT no_more", &[])
+        .await
+        .unwrap();
+    let (status, _) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "works again once audit can be written"
+    );
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+}
