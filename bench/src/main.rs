@@ -146,6 +146,46 @@ async fn connect_pg(dir: &Path) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// `BENCH_EXPLAIN=1`: the plans of the hot queries, on the data just inserted (to see what bounds).
+async fn explain(pg: &tokio_postgres::Client) -> Result<()> {
+    let vault: uuid::Uuid = pg.query_one("SELECT id FROM vaults", &[]).await?.get(0);
+    let hashes: Vec<Vec<u8>> = pg
+        .query("SELECT token_hash FROM record_values WHERE token_hash IS NOT NULL ORDER BY random() LIMIT 1000", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids: Vec<uuid::Uuid> = pg
+        .query("SELECT id FROM records ORDER BY random() LIMIT 1000", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let cols: Vec<uuid::Uuid> = vec![];
+    for (label, sql) in [(
+        "detokenize",
+        "EXPLAIN ANALYZE SELECT DISTINCT ON (token_hash) token_hash, record_id, column_id, key_version, sealed FROM record_values WHERE vault_id = $1 AND token_hash = ANY($2)",
+    )] {
+        println!("-- {label}");
+        for row in pg.query(sql, &[&vault, &hashes]).await? {
+            println!("{}", row.get::<_, String>(0));
+        }
+    }
+    println!("-- row facts");
+    for row in pg
+        .query(
+            "EXPLAIN ANALYZE SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed
+             FROM records r LEFT JOIN record_values rv ON rv.record_id = r.id AND rv.column_id = ANY($2)
+             WHERE r.id = ANY($1) AND r.vault_id = $3",
+            &[&ids, &cols, &vault],
+        )
+        .await?
+    {
+        println!("{}", row.get::<_, String>(0));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let total: usize = std::env::var("BENCH_RECORDS")
@@ -240,6 +280,9 @@ async fn main() -> Result<()> {
         t.await??;
     }
     let plain_rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
+    if std::env::var("BENCH_EXPLAIN").is_ok() {
+        explain(&setup).await?;
+    }
 
     // Detokenize in batches of 1000.
     let det_url = format!("{base}/v1/vaults/bench/detokenize");

@@ -34,7 +34,16 @@ pub enum DbError {
 }
 
 /// A pool over `config` with `size` connections.
-pub fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+///
+/// Statements are prepared once per connection (`prepare_cached`) and planned generically:
+/// every hot query is written as index probes (`unnest` + `LATERAL`), so a generic plan is as
+/// good as a custom one, and re-planning on each execution was most of the database's work.
+pub fn pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c plan_cache_mode=force_generic_plan"),
+        _ => "-c plan_cache_mode=force_generic_plan".to_string(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -163,7 +163,8 @@ impl Accounts {
         let tx = client.transaction().await?;
         let id = match tx
             .query_opt(
-                "SELECT id FROM service_accounts WHERE name = $1",
+                &tx.prepare_cached("SELECT id FROM service_accounts WHERE name = $1")
+                    .await?,
                 &[&ADMIN_ACCOUNT],
             )
             .await?
@@ -172,7 +173,10 @@ impl Accounts {
             None => {
                 let id = Uuid::new_v4();
                 tx.execute(
-                    "INSERT INTO service_accounts (id, name, roles) VALUES ($1, $2, $3)",
+                    &tx.prepare_cached(
+                        "INSERT INTO service_accounts (id, name, roles) VALUES ($1, $2, $3)",
+                    )
+                    .await?,
                     &[&id, &ADMIN_ACCOUNT, &vec!["admin".to_string()]],
                 )
                 .await?;
@@ -181,8 +185,8 @@ impl Accounts {
         };
         let hash = self.hash(admin_key).to_vec();
         tx.execute(
-            "INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, account_id = EXCLUDED.account_id, revoked_at = NULL",
+            &tx.prepare_cached("INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, account_id = EXCLUDED.account_id, revoked_at = NULL").await?,
             &[&BOOTSTRAP_KEY_ID, &id, &hash],
         )
         .await?;
@@ -216,9 +220,9 @@ impl Accounts {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT k.secret_hash, k.expires_at, k.revoked_at IS NOT NULL OR a.deleted_at IS NOT NULL,
+                &client.prepare_cached("SELECT k.secret_hash, k.expires_at, k.revoked_at IS NOT NULL OR a.deleted_at IS NOT NULL,
                         a.id, a.name, a.roles, a.attributes
-                 FROM api_keys k JOIN service_accounts a ON a.id = k.account_id WHERE k.id = $1",
+                 FROM api_keys k JOIN service_accounts a ON a.id = k.account_id WHERE k.id = $1").await?,
                 &[&key_id],
             )
             .await?;
@@ -282,7 +286,7 @@ impl Accounts {
         let expires_at = expires_in.map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
         let row = client
             .query_one(
-                "INSERT INTO api_keys (id, account_id, secret_hash, expires_at) VALUES ($1, $2, $3, $4) RETURNING created_at",
+                &client.prepare_cached("INSERT INTO api_keys (id, account_id, secret_hash, expires_at) VALUES ($1, $2, $3, $4) RETURNING created_at").await?,
                 &[&key.id, account, &hash, &expires_at],
             )
             .await?;
@@ -316,8 +320,8 @@ impl Accounts {
         let attrs = serde_json::to_value(&attributes).unwrap_or_default();
         let row = tx
             .query_opt(
-                "INSERT INTO service_accounts (id, name, roles, attributes) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO NOTHING RETURNING created_at",
+                &tx.prepare_cached("INSERT INTO service_accounts (id, name, roles, attributes) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING RETURNING created_at").await?,
                 &[&id, &name, &roles, &attrs],
             )
             .await?
@@ -344,7 +348,7 @@ impl Accounts {
         let by_id = Uuid::parse_str(id_or_name).ok();
         client
             .query_opt(
-                "SELECT id FROM service_accounts WHERE (id = $1 OR name = $2) AND deleted_at IS NULL",
+                &client.prepare_cached("SELECT id FROM service_accounts WHERE (id = $1 OR name = $2) AND deleted_at IS NULL").await?,
                 &[&by_id, &id_or_name],
             )
             .await?
@@ -361,10 +365,10 @@ impl Accounts {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT a.id, a.name, a.roles, a.attributes, a.created_at, k.id, k.created_at, k.expires_at, k.revoked_at
+                &client.prepare_cached("SELECT a.id, a.name, a.roles, a.attributes, a.created_at, k.id, k.created_at, k.expires_at, k.revoked_at
                  FROM service_accounts a LEFT JOIN api_keys k ON k.account_id = a.id
                  WHERE a.deleted_at IS NULL AND ($1::uuid IS NULL OR a.id = $1)
-                 ORDER BY a.name, k.created_at",
+                 ORDER BY a.name, k.created_at").await?,
                 &[&only],
             )
             .await?;
@@ -402,7 +406,7 @@ impl Accounts {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "UPDATE service_accounts SET deleted_at = now() WHERE id = $1 RETURNING name",
+                &client.prepare_cached("UPDATE service_accounts SET deleted_at = now() WHERE id = $1 RETURNING name").await?,
                 &[&id],
             )
             .await?;
@@ -410,7 +414,11 @@ impl Accounts {
         if name == ADMIN_ACCOUNT {
             client
                 .execute(
-                    "UPDATE service_accounts SET deleted_at = NULL WHERE id = $1",
+                    &client
+                        .prepare_cached(
+                            "UPDATE service_accounts SET deleted_at = NULL WHERE id = $1",
+                        )
+                        .await?,
                     &[&id],
                 )
                 .await?;
@@ -420,7 +428,7 @@ impl Accounts {
         }
         client
             .execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL",
+                &client.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL").await?,
                 &[&id],
             )
             .await?;
@@ -445,7 +453,7 @@ impl Accounts {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",
+                &client.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL").await?,
                 &[&key_id, &id],
             )
             .await?;
@@ -461,7 +469,7 @@ impl Accounts {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT id, name, roles, attributes FROM service_accounts WHERE name = $1 AND deleted_at IS NULL",
+                &client.prepare_cached("SELECT id, name, roles, attributes FROM service_accounts WHERE name = $1 AND deleted_at IS NULL").await?,
                 &[&name],
             )
             .await?;

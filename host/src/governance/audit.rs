@@ -186,11 +186,11 @@ impl AuditLog {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT event FROM audit_events
+                &client.prepare_cached("SELECT event FROM audit_events
                  WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
                    AND ($3::text IS NULL OR principal = $3) AND ($4::text IS NULL OR action = $4)
                    AND ($5::text IS NULL OR vault = $5) AND ($6::bigint IS NULL OR seq > $6)
-                 ORDER BY seq LIMIT $7",
+                 ORDER BY seq LIMIT $7").await?,
                 &[&f.since, &f.until, &f.principal, &f.action, &f.vault, &f.after, &f.limit],
             )
             .await?;
@@ -209,7 +209,7 @@ impl AuditLog {
         loop {
             let rows = client
                 .query(
-                    "SELECT seq, event, prev_hash, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 5000",
+                    &client.prepare_cached("SELECT seq, event, prev_hash, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 5000").await?,
                     &[&expected_seq],
                 )
                 .await?;
@@ -261,7 +261,9 @@ async fn tail(pool: &Pool) -> Result<(i64, Vec<u8>), GovError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            &client
+                .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .await?,
             &[],
         )
         .await?;
@@ -331,8 +333,8 @@ async fn write_batch(
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO audit_events (seq, event, prev_hash, hash, at, principal, action, vault)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])",
+            &client.prepare_cached("INSERT INTO audit_events (seq, event, prev_hash, hash, at, principal, action, vault)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])").await?,
             &[&seqs, &texts, &prevs, &hashes, &ats, &principals, &actions, &vaults],
         )
         .await?;

@@ -282,9 +282,10 @@ impl VaultService {
         if !keys.is_empty() {
             let rows = client
                 .query(
-                    "SELECT x.i FROM unnest($1::uuid[], $2::bytea[], $3::int[]) AS x(c, k, i)
+                    &client.prepare_cached("SELECT x.i FROM unnest($1::uuid[], $2::bytea[], $3::int[]) AS x(c, k, i)
                      JOIN record_values rv ON rv.column_id = x.c AND rv.unique_key = x.k
-                     WHERE $4::uuid IS NULL OR rv.record_id <> $4",
+                     -- lets the planner use the partial unique index (a join clause alone does not)
+                     WHERE rv.unique_key IS NOT NULL AND ($4::uuid IS NULL OR rv.record_id <> $4)").await?,
                     &[
                         &cols,
                         &keys,
@@ -349,9 +350,13 @@ impl VaultService {
             let (hashes, bindings): (Vec<Vec<u8>>, Vec<Vec<u8>>) = batch.into_iter().unzip();
             let inserted: HashSet<Vec<u8>> = client
                 .query(
-                    "INSERT INTO tokens (vault_id, token_hash, binding)
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO tokens (vault_id, token_hash, binding)
                      SELECT $1, h, b FROM unnest($2::bytea[], $3::bytea[]) AS x(h, b)
                      ON CONFLICT DO NOTHING RETURNING token_hash",
+                        )
+                        .await?,
                     &[&v.id, &hashes, &bindings],
                 )
                 .await?
@@ -364,7 +369,7 @@ impl VaultService {
                 // FOR SHARE: a concurrent delete of this token waits until we commit.
                 for row in client
                     .query(
-                        "SELECT token_hash, binding FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) FOR SHARE",
+                        &client.prepare_cached("SELECT token_hash, binding FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) FOR SHARE").await?,
                         &[&v.id, &others],
                     )
                     .await?
@@ -540,7 +545,7 @@ impl VaultService {
         self.allocate_tokens(&tx, v, values).await?;
         if consents.iter().all(Vec::is_empty) {
             tx.execute(
-                "INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3",
+                &tx.prepare_cached("INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3").await?,
                 &[&ids, &v.id, &t.id],
             )
             .await?;
@@ -549,9 +554,12 @@ impl VaultService {
             // of differing lengths).
             let lists: Vec<Value> = consents.iter().map(|c| Value::from(c.clone())).collect();
             tx.execute(
-                "INSERT INTO records (id, vault_id, table_id, consents)
+                &tx.prepare_cached(
+                    "INSERT INTO records (id, vault_id, table_id, consents)
                  SELECT r, $2, $3, ARRAY(SELECT jsonb_array_elements_text(c))
                  FROM unnest($1::uuid[], $4::jsonb[]) AS x(r, c)",
+                )
+                .await?,
                 &[&ids, &v.id, &t.id, &lists],
             )
             .await?;
@@ -618,13 +626,24 @@ impl VaultService {
             .map(|c| c.id)
             .collect();
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed
-                 FROM records r LEFT JOIN record_values rv ON rv.record_id = r.id AND rv.column_id = ANY($2)
-                 WHERE r.id = ANY($1) AND r.vault_id = $3",
-                &[&ids, &attribute_columns, &v.id],
+        // Index probes per record (see detokenize: robust to stale statistics); `granted` is
+        // whether an unexpired grant gives the gate's principal ($4) the record.
+        let stmt = client
+            .prepare_cached(
+                "SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed,
+                        $4::text IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM grant_records gr JOIN grants g ON g.id = gr.grant_id
+                            WHERE gr.record_id = r.id AND g.principal = $4
+                              AND g.expires_at > now() AND g.revoked_at IS NULL)
+                 FROM unnest($1::uuid[]) AS x(id)
+                 CROSS JOIN LATERAL (SELECT id, consents FROM records WHERE id = x.id AND vault_id = $3) r
+                 LEFT JOIN LATERAL (SELECT column_id, key_version, sealed FROM record_values
+                                    WHERE record_id = r.id AND column_id = ANY($2)) rv ON true",
             )
+            .await?;
+        let grantee = gate.grantee();
+        let rows = client
+            .query(&stmt, &[&ids, &attribute_columns, &v.id, &grantee])
             .await?;
         for row in rows {
             let id: Uuid = row.get(0);
@@ -632,6 +651,7 @@ impl VaultService {
                 continue;
             };
             f.consents = row.get(1);
+            f.granted = row.get(5);
             let Some(column_id) = row.get::<_, Option<Uuid>>(2) else {
                 continue;
             };
@@ -639,21 +659,6 @@ impl VaultService {
                 let canonical = open_value(v, &table.id, &column_id, &id, row.get(3), row.get(4))?;
                 f.attributes
                     .insert(column.name.clone(), canonical.as_str().to_string());
-            }
-        }
-        if let Some(who) = gate.grantee() {
-            let granted = client
-                .query(
-                    "SELECT DISTINCT gr.record_id FROM grant_records gr JOIN grants g ON g.id = gr.grant_id
-                     WHERE g.principal = $1 AND gr.record_id = ANY($2)
-                       AND g.expires_at > now() AND g.revoked_at IS NULL",
-                    &[&who, &ids],
-                )
-                .await?;
-            for row in granted {
-                if let Some(f) = facts.get_mut(&row.get::<_, Uuid>(0)) {
-                    f.granted = true;
-                }
             }
         }
         Ok(facts)
@@ -671,12 +676,17 @@ impl VaultService {
         action: DataAction,
     ) -> Result<Vec<RecordView>, VaultError> {
         let facts = self.row_facts(v, ids, gate).await?;
+        let no_facts = RowFacts::default();
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT r.id, rv.column_id, rv.key_version, rv.sealed FROM records r
+                &client
+                    .prepare_cached(
+                        "SELECT r.id, rv.column_id, rv.key_version, rv.sealed FROM records r
                  LEFT JOIN record_values rv ON rv.record_id = r.id
                  WHERE r.id = ANY($1) AND r.table_id = $2 ORDER BY r.created_at, r.id",
+                    )
+                    .await?,
                 &[&ids, &t.id],
             )
             .await?;
@@ -702,8 +712,8 @@ impl VaultService {
             let Some(view) = out.last_mut() else {
                 continue;
             };
-            let row_facts = facts.get(&id).cloned().unwrap_or_default();
-            let Some(level) = gate.reveal(action, v, t, column, &row_facts, level) else {
+            let row_facts = facts.get(&id).unwrap_or(&no_facts);
+            let Some(level) = gate.reveal(action, v, t, column, row_facts, level) else {
                 view.withheld.push(column.name.clone());
                 continue;
             };
@@ -771,7 +781,7 @@ impl VaultService {
         let client = self.pool.get().await?;
         let ids: Vec<Uuid> = client
             .query(
-                "SELECT DISTINCT record_id FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)",
+                &client.prepare_cached("SELECT DISTINCT record_id FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)").await?,
                 &[&c.id, &blinds],
             )
             .await?
@@ -851,18 +861,23 @@ impl VaultService {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.query_opt(
-            "SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE",
+            &tx.prepare_cached("SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE")
+                .await?,
             &[&id, &t.id],
         )
         .await?
         .ok_or_else(|| VaultError::NotFound("record".into()))?;
         if let Some(c) = &consents {
-            tx.execute("UPDATE records SET consents = $2 WHERE id = $1", &[&id, c])
-                .await?;
+            tx.execute(
+                &tx.prepare_cached("UPDATE records SET consents = $2 WHERE id = $1")
+                    .await?,
+                &[&id, c],
+            )
+            .await?;
         }
         let old: Vec<Vec<u8>> = tx
             .query(
-                "SELECT token_hash FROM record_values WHERE record_id = $1 AND column_id = ANY($2) AND token_hash IS NOT NULL",
+                &tx.prepare_cached("SELECT token_hash FROM record_values WHERE record_id = $1 AND column_id = ANY($2) AND token_hash IS NOT NULL").await?,
                 &[&id, &changed],
             )
             .await?
@@ -875,14 +890,18 @@ impl VaultService {
         self.write_values(&tx, &v, t, &[id], &values, true).await?;
         if !cleared.is_empty() {
             tx.execute(
-                "DELETE FROM record_values WHERE record_id = $1 AND column_id = ANY($2)",
+                &tx.prepare_cached(
+                    "DELETE FROM record_values WHERE record_id = $1 AND column_id = ANY($2)",
+                )
+                .await?,
                 &[&id, &cleared],
             )
             .await?;
         }
         release_tokens(&tx, &v.id, &old).await?;
         tx.execute(
-            "UPDATE records SET updated_at = now() WHERE id = $1",
+            &tx.prepare_cached("UPDATE records SET updated_at = now() WHERE id = $1")
+                .await?,
             &[&id],
         )
         .await?;
@@ -916,22 +935,30 @@ impl VaultService {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.query_opt(
-            "SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE",
+            &tx.prepare_cached("SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE")
+                .await?,
             &[&id, &t.id],
         )
         .await?
         .ok_or_else(|| VaultError::NotFound("record".into()))?;
         let hashes: Vec<Vec<u8>> = tx
             .query(
-                "DELETE FROM record_values WHERE record_id = $1 RETURNING token_hash",
+                &tx.prepare_cached(
+                    "DELETE FROM record_values WHERE record_id = $1 RETURNING token_hash",
+                )
+                .await?,
                 &[&id],
             )
             .await?
             .iter()
             .filter_map(|r| r.get::<_, Option<Vec<u8>>>(0))
             .collect();
-        tx.execute("DELETE FROM records WHERE id = $1", &[&id])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM records WHERE id = $1")
+                .await?,
+            &[&id],
+        )
+        .await?;
         release_tokens(&tx, &v.id, &hashes).await?;
         tx.commit().await?;
         tracing::debug!(vault = %v.id, table = %t.id, record = %id, "deleted record");
@@ -1014,7 +1041,7 @@ impl VaultService {
             let client = self.pool.get().await?;
             let present: HashSet<Vec<u8>> = client
                 .query(
-                    "SELECT DISTINCT blind_index FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)",
+                    &client.prepare_cached("SELECT DISTINCT blind_index FROM record_values WHERE column_id = $1 AND blind_index = ANY($2)").await?,
                     &[&c.id, &blinds],
                 )
                 .await?
@@ -1075,13 +1102,13 @@ async fn release_tokens(
     // Lock first, then check in a new statement (a fresh snapshot): an insert that is reusing
     // one of these tokens holds FOR SHARE on it until it commits its values.
     tx.execute(
-        "SELECT 1 FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) ORDER BY token_hash FOR UPDATE",
+        &tx.prepare_cached("SELECT 1 FROM tokens WHERE vault_id = $1 AND token_hash = ANY($2) ORDER BY token_hash FOR UPDATE").await?,
         &[vault, &hashes],
     )
     .await?;
     tx.execute(
-        "DELETE FROM tokens t WHERE t.vault_id = $1 AND t.token_hash = ANY($2)
-         AND NOT EXISTS (SELECT 1 FROM record_values rv WHERE rv.vault_id = $1 AND rv.token_hash = t.token_hash)",
+        &tx.prepare_cached("DELETE FROM tokens t WHERE t.vault_id = $1 AND t.token_hash = ANY($2)
+         AND NOT EXISTS (SELECT 1 FROM record_values rv WHERE rv.vault_id = $1 AND rv.token_hash = t.token_hash)").await?,
         &[vault, &hashes],
     )
     .await?;
