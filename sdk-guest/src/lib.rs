@@ -1,6 +1,6 @@
 //! # strongroom-guest
 //!
-//! The Rust SDK for writing [Strongroom](https://github.com/) *functions*: small,
+//! The Rust SDK for writing Strongroom *functions*: small,
 //! sandboxed WebAssembly components that transform an HTTP message on its way
 //! through the vault's outbound gateway (e.g. detokenizing a card number and
 //! reshaping a JSON body into the form a payment provider expects).
@@ -145,7 +145,7 @@ macro_rules! export_function {
                 }
             }
 
-            $crate::bindings::export!(StrongroomFunctionExport with_types_in $crate::bindings);
+    $crate::bindings::export!(StrongroomFunctionExport with_types_in $crate::bindings);
         };
     };
 }

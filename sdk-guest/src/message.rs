@@ -44,7 +44,8 @@ impl HttpMessage {
 
     /// Removes every header named `name` (ASCII case-insensitive).
     pub fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+        self.headers
+            .retain(|(key, _)| !key.eq_ignore_ascii_case(name));
     }
 
     /// Replaces the body.
@@ -115,7 +116,8 @@ mod tests {
     #[test]
     fn headers_are_case_insensitive() {
         let mut msg = HttpMessage::request("POST", "https://example.test/");
-        msg.headers.push(("Content-Type".into(), "text/plain".into()));
+        msg.headers
+            .push(("Content-Type".into(), "text/plain".into()));
         msg.headers.push(("Content-Length".into(), "3".into()));
         assert_eq!(msg.header("content-type"), Some("text/plain"));
         msg.set_json(&serde_json::json!({"a": 1})).ok();

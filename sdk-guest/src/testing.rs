@@ -110,7 +110,12 @@ pub(crate) fn read_file(
     column: &str,
 ) -> Result<File, String> {
     let key = [vault, table, record, column].map(str::to_owned);
-    HOST.with_borrow(|host| host.files.get(&key).cloned().ok_or_else(|| "not-found".to_owned()))
+    HOST.with_borrow(|host| {
+        host.files
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| "not-found".to_owned())
+    })
 }
 
 pub(crate) fn log(level: Level, message: &str) {
@@ -129,7 +134,10 @@ mod tests {
         let values = detokenize(&["t1", "nope"], Redaction::Masked).ok();
         let values = values.as_deref().unwrap_or_default();
         assert_eq!(values[0].as_deref().ok(), Some("************4242"));
-        assert_eq!(values[1].as_ref().err().map(|e| e.code()), Some("not-found"));
+        assert_eq!(
+            values[1].as_ref().err().map(|e| e.code()),
+            Some("not-found")
+        );
     }
 
     #[test]

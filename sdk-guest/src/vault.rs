@@ -22,7 +22,10 @@ impl VaultError {
 
     /// The error code, without any `: detail` suffix.
     pub fn code(&self) -> &str {
-        self.0.split_once(':').map_or(self.0.as_str(), |(code, _)| code).trim()
+        self.0
+            .split_once(':')
+            .map_or(self.0.as_str(), |(code, _)| code)
+            .trim()
     }
 
     /// The full text the host returned.

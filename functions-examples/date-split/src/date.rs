@@ -97,10 +97,10 @@ fn parse_time(time: &str) -> Result<String, DateError> {
             return Err(DateError("time out of range"));
         }
     }
-    if let Some(fraction) = fraction {
-        if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(DateError("fraction of a second must be digits"));
-        }
+    if let Some(fraction) = fraction
+        && (fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(DateError("fraction of a second must be digits"));
     }
     let offset = match offset {
         "" => "",
@@ -140,7 +140,7 @@ fn days_in_month(year: u16, month: u8) -> u8 {
 }
 
 fn is_leap_year(year: u16) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 #[cfg(test)]

@@ -60,7 +60,8 @@ mod tests {
     fn unknown_tokens_are_bad_requests() {
         testing::reset();
         let mut msg = HttpMessage::request("POST", "https://api.example.test/patients");
-        msg.set_json(&serde_json::json!({"date_of_birth": "tok_unknown"})).ok();
+        msg.set_json(&serde_json::json!({"date_of_birth": "tok_unknown"}))
+            .ok();
         assert!(matches!(
             DateSplit::on_request(msg),
             Err(FunctionError::BadRequest(_))

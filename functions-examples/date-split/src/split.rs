@@ -32,7 +32,10 @@ pub fn parse_fields(header: Option<&str>) -> Result<Vec<FieldPath>, FunctionErro
             let path = path.trim();
             let keys = path.strip_prefix("$.").unwrap_or(path);
             let keys: FieldPath = keys.split('.').map(str::to_owned).collect();
-            if keys.iter().any(|key| key.is_empty() || key.contains(['[', ']', '$', '*'])) {
+            if keys
+                .iter()
+                .any(|key| key.is_empty() || key.contains(['[', ']', '$', '*']))
+            {
                 return Err(FunctionError::BadRequest(format!(
                     "{FIELD_HEADER}: `{path}` is not a path of object keys like `$.a.b`"
                 )));
@@ -118,10 +121,16 @@ mod tests {
 
     #[test]
     fn parses_field_lists() {
-        assert_eq!(parse_fields(None).ok(), Some(vec![vec!["date_of_birth".to_owned()]]));
+        assert_eq!(
+            parse_fields(None).ok(),
+            Some(vec![vec!["date_of_birth".to_owned()]])
+        );
         assert_eq!(
             parse_fields(Some("$.a.b, c")).ok(),
-            Some(vec![vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned()]])
+            Some(vec![
+                vec!["a".to_owned(), "b".to_owned()],
+                vec!["c".to_owned()]
+            ])
         );
         assert!(parse_fields(Some("$.a[0]")).is_err());
         assert!(parse_fields(Some("$.a,,b")).is_err());

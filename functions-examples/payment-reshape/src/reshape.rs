@@ -74,7 +74,10 @@ impl Payment {
             ("amount".to_owned(), self.amount.to_string()),
             ("currency".to_owned(), self.currency.to_ascii_lowercase()),
             ("card[number]".to_owned(), card_number.to_owned()),
-            ("card[exp_month]".to_owned(), self.card.exp_month.to_string()),
+            (
+                "card[exp_month]".to_owned(),
+                self.card.exp_month.to_string(),
+            ),
             ("card[exp_year]".to_owned(), self.card.exp_year.to_string()),
         ];
         if let Some(cvc) = &self.card.cvc {
