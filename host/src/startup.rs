@@ -21,6 +21,7 @@ pub struct Application {
     router: axum::Router,
     managed: Option<ManagedPostgres>,
     vault: VaultService,
+    gov: Arc<Governance>,
 }
 
 impl Application {
@@ -83,7 +84,8 @@ impl Application {
             Err(e) => return Err(e).context("could not start governance"),
         };
 
-        let router = api::router(vault.clone(), Arc::new(gov), settings.max_body_bytes);
+        let gov = Arc::new(gov);
+        let router = api::router(vault.clone(), gov.clone(), settings.max_body_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -92,6 +94,7 @@ impl Application {
             router,
             managed,
             vault,
+            gov,
         })
     }
 
@@ -105,6 +108,11 @@ impl Application {
     /// The vault service (for tools that run beside the server, such as benchmarks).
     pub fn vault(&self) -> &VaultService {
         &self.vault
+    }
+
+    /// Governance (accounts, policies, audit), for tools that run beside the server.
+    pub fn governance(&self) -> &Arc<Governance> {
+        &self.gov
     }
 
     /// Serves until SIGINT or SIGTERM, drains in-flight requests, then stops PostgreSQL.

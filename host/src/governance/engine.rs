@@ -5,14 +5,15 @@
 //! policy that names an unknown type, action or attribute never reaches a decision.
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
-    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The schema every policy set is validated against.
 pub const SCHEMA_SOURCE: &str = include_str!("../../../policies/schema.cedarschema");
@@ -118,7 +119,16 @@ pub struct PolicyEngine {
     /// shared between records with the same attributes.
     cites_records: bool,
     authorizer: Authorizer,
+    /// The policies whose principal and action scopes can match, per (principal and its
+    /// roles, action). Cedar evaluates every policy it is given; most cannot apply.
+    slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
 }
+
+/// (principal, its roles, action).
+type SliceKey = (EntityUid, Vec<EntityUid>, EntityUid);
+
+/// Most cached slices before the cache starts over.
+const MAX_SLICES: usize = 4096;
 
 /// The parsed schema (parsed once).
 pub fn schema() -> Result<&'static Schema, String> {
@@ -240,6 +250,7 @@ impl PolicyEngine {
             policies: named,
             cites_records,
             authorizer: Authorizer::new(),
+            slices: Mutex::default(),
         })
     }
 
@@ -255,9 +266,85 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// Decides one request.
+    /// The policies that can apply to `principal` (member of `roles`, which have no parents of
+    /// their own in the schema) doing `action`. Sound because Cedar evaluates the scope before
+    /// the conditions: a policy whose scope fails neither applies nor errors.
+    fn slice(
+        &self,
+        principal: &EntityUid,
+        roles: &[EntityUid],
+        action: &EntityUid,
+    ) -> Arc<PolicySet> {
+        let key = (principal.clone(), roles.to_vec(), action.clone());
+        if let Some(hit) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return hit;
+        }
+        let is_me_or_role = |e: &EntityUid| e == principal || roles.contains(e);
+        let mut set = PolicySet::new();
+        for p in self.policies.policies() {
+            let principal_ok = match p.principal_constraint() {
+                PrincipalConstraint::Any => true,
+                PrincipalConstraint::Eq(e) => &e == principal,
+                PrincipalConstraint::In(e) => is_me_or_role(&e),
+                PrincipalConstraint::Is(t) => &t == principal.type_name(),
+                PrincipalConstraint::IsIn(t, e) => &t == principal.type_name() && is_me_or_role(&e),
+            };
+            let action_ok = match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => &a == action,
+                ActionConstraint::In(list) => list.contains(action),
+            };
+            if principal_ok && action_ok && set.add(p.clone()).is_err() {
+                // Cannot happen (ids are unique); fall back to the whole set.
+                return Arc::new(self.policies.clone());
+            }
+        }
+        let set = Arc::new(set);
+        if let Ok(mut m) = self.slices.lock() {
+            if m.len() >= MAX_SLICES {
+                m.clear();
+            }
+            m.insert(key, set.clone());
+        }
+        set
+    }
+
+    /// Decides one request, evaluating only the policies whose scope can match.
+    pub fn decide_as(
+        &self,
+        principal: &EntityUid,
+        roles: &[EntityUid],
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: Context,
+        entities: &Entities,
+    ) -> Verdict {
+        let slice = self.slice(principal, roles, action);
+        self.decide_with(&slice, principal, action, resource, context, entities)
+    }
+
+    /// Decides one request against the whole set.
     pub fn decide(
         &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: Context,
+        entities: &Entities,
+    ) -> Verdict {
+        self.decide_with(
+            &self.policies,
+            principal,
+            action,
+            resource,
+            context,
+            entities,
+        )
+    }
+
+    fn decide_with(
+        &self,
+        policies: &PolicySet,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
@@ -280,14 +367,17 @@ impl PolicyEngine {
                 };
             }
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies, entities);
+        let response = self.authorizer.is_authorized(&request, policies, entities);
         let diagnostics = response.diagnostics();
+        // Sorted: Cedar reports them from a set, in no particular order.
+        let mut policies: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        policies.sort();
+        let mut errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+        errors.sort();
         Verdict {
             allowed: response.decision() == Decision::Allow,
-            policies: diagnostics.reason().map(ToString::to_string).collect(),
-            errors: diagnostics.errors().map(|e| e.to_string()).collect(),
+            policies,
+            errors,
         }
     }
 }
@@ -558,6 +648,43 @@ when { context.record.consents.contains(context.purpose) && context.record.hasTa
         let v = e.decide(&p, &read, &col, facts("integrity").context(), &entities);
         assert!(!v.allowed);
         assert!(v.policies.is_empty());
+    }
+
+    #[test]
+    fn slices_decide_like_the_whole_set() {
+        let e = engine(
+            r#"@id("a") permit(principal in Strongroom::Role::"app", action == Strongroom::Action::"read", resource);
+@id("b") permit(principal == Strongroom::ServiceAccount::"x", action in [Strongroom::Action::"read", Strongroom::Action::"detokenize"], resource);
+@id("c") forbid(principal in Strongroom::Role::"app", action, resource) when { context.purpose == "ads" };
+@id("d") permit(principal is Strongroom::Function, action, resource);"#,
+        );
+        let mut store = EntityStore::default();
+        let x = store.service_account("x", &["app".into()], &BTreeMap::new());
+        let y = store.service_account("y", &["other".into()], &BTreeMap::new());
+        let col = store.column("v", "t", "c", "string");
+        let rec = store.record("v", "t", "r", &BTreeMap::new(), &[]);
+        let entities = store.build();
+        for (who, roles) in [
+            (&x, vec![uid(Kind::Role, "app")]),
+            (&y, vec![uid(Kind::Role, "other")]),
+        ] {
+            for act in ["read", "detokenize", "update"] {
+                for purpose in ["", "ads"] {
+                    let ctx = || {
+                        Facts {
+                            purpose,
+                            granted: Some(false),
+                            record: Some(rec.clone()),
+                            redaction: Some("plain"),
+                        }
+                        .context()
+                    };
+                    let whole = e.decide(who, &action(act), &col, ctx(), &entities);
+                    let sliced = e.decide_as(who, &roles, &action(act), &col, ctx(), &entities);
+                    assert_eq!(whole, sliced, "{who} {act} {purpose}");
+                }
+            }
+        }
     }
 
     #[test]

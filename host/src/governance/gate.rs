@@ -10,6 +10,7 @@ use super::engine::{EntityStore, Facts, Kind, PolicyEngine, Verdict, action, uid
 use crate::types::DataType;
 use crate::vault::access::{DataAction, Gate, RowFacts};
 use crate::vault::{Column, LoadedVault, Redaction, Table};
+use cedar_policy::{Entities, EntityUid};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -28,7 +29,16 @@ struct MemoKey {
 #[derive(Hash, PartialEq, Eq, Clone)]
 enum RecordKey {
     Id(Uuid),
-    Facts(BTreeMap<String, String>, Vec<String>, bool),
+    /// table, attributes, consents, granted
+    Facts(Uuid, BTreeMap<String, String>, Vec<String>, bool),
+}
+
+/// The entities a request's decisions share: the caller, the vault's tables and columns, and
+/// one record entity per distinct record key. Built once per request instead of per decision.
+struct Prepared {
+    vault: Uuid,
+    entities: Entities,
+    records: HashMap<RecordKey, EntityUid>,
 }
 
 /// Decides for one caller, one request.
@@ -37,7 +47,9 @@ pub struct CedarGate {
     caller: Caller,
     purpose: String,
     card_guardrail: bool,
+    roles: Vec<EntityUid>,
     memo: Mutex<HashMap<MemoKey, Arc<Verdict>>>,
+    prepared: Mutex<Option<Arc<Prepared>>>,
 }
 
 impl CedarGate {
@@ -47,12 +59,20 @@ impl CedarGate {
         purpose: String,
         card_guardrail: bool,
     ) -> CedarGate {
+        let roles = caller
+            .account
+            .roles
+            .iter()
+            .map(|r| uid(Kind::Role, r))
+            .collect();
         CedarGate {
             engine,
+            roles,
             caller,
             purpose,
             card_guardrail,
             memo: Mutex::default(),
+            prepared: Mutex::default(),
         }
     }
 
@@ -60,7 +80,12 @@ impl CedarGate {
         if self.engine.cites_records() {
             RecordKey::Id(row.id)
         } else {
-            RecordKey::Facts(row.attributes.clone(), row.consents.clone(), row.granted)
+            RecordKey::Facts(
+                row.table,
+                row.attributes.clone(),
+                row.consents.clone(),
+                row.granted,
+            )
         }
     }
 
@@ -90,7 +115,47 @@ impl CedarGate {
         verdict.allowed
     }
 
+    /// Decides with the prepared entities when they cover the question.
+    fn evaluate_prepared(&self, q: &Question<'_>) -> Option<Verdict> {
+        let prepared = self.prepared.lock().ok()?.clone()?;
+        if prepared.vault != q.vault.id {
+            return None;
+        }
+        let record = match q.row {
+            Some(r) => Some(prepared.records.get(&self.record_key(r))?.clone()),
+            None => None,
+        };
+        let (vault, table) = (&q.vault.name, &q.table.name);
+        let resource = match (q.column, &record) {
+            (Some(c), _) => uid(Kind::Column, &format!("{vault}/{table}/{}", c.name)),
+            (None, Some(r)) => r.clone(),
+            (None, None) => uid(Kind::Table, &format!("{vault}/{table}")),
+        };
+        let principal = uid(Kind::ServiceAccount, &self.caller.account.name);
+        let facts = Facts {
+            purpose: &self.purpose,
+            granted: q.row.map(|r| r.granted),
+            record: if q.action == DataAction::Delete {
+                None
+            } else {
+                record
+            },
+            redaction: q.level.map(Redaction::as_str),
+        };
+        Some(self.engine.decide_as(
+            &principal,
+            &self.roles,
+            &action(q.action.as_str()),
+            &resource,
+            facts.context(),
+            &prepared.entities,
+        ))
+    }
+
     fn evaluate(&self, q: &Question<'_>) -> Verdict {
+        if let Some(v) = self.evaluate_prepared(q) {
+            return v;
+        }
         let (vault, table) = (&q.vault.name, &q.table.name);
         let mut store = EntityStore::default();
         let account = &self.caller.account;
@@ -121,8 +186,9 @@ impl CedarGate {
             redaction: q.level.map(Redaction::as_str),
         };
         let entities = store.build();
-        self.engine.decide(
+        self.engine.decide_as(
             &principal,
+            &self.roles,
             &action(q.action.as_str()),
             &resource,
             facts.context(),
@@ -142,6 +208,48 @@ struct Question<'a> {
 }
 
 impl Gate for CedarGate {
+    fn prepare(&self, vault: &LoadedVault, rows: &HashMap<Uuid, RowFacts>) {
+        let mut store = EntityStore::default();
+        let account = &self.caller.account;
+        store.service_account(&account.name, &account.roles, &account.attributes);
+        let tables: HashMap<Uuid, &Table> = vault.tables.iter().map(|t| (t.id, t)).collect();
+        for t in &vault.tables {
+            for c in &t.columns {
+                store.column(&vault.name, &t.name, &c.name, c.data_type.as_str());
+            }
+        }
+        let mut records = HashMap::new();
+        for row in rows.values() {
+            let Some(table) = tables.get(&row.table) else {
+                continue;
+            };
+            let key = self.record_key(row);
+            if records.contains_key(&key) {
+                continue;
+            }
+            let id = match &key {
+                RecordKey::Id(id) => id.to_string(),
+                RecordKey::Facts(..) => format!("facts-{}", records.len()),
+            };
+            let record = store.record(
+                &vault.name,
+                &table.name,
+                &id,
+                &row.attributes,
+                &row.consents,
+            );
+            records.insert(key, record);
+        }
+        let prepared = Prepared {
+            vault: vault.id,
+            entities: store.build(),
+            records,
+        };
+        if let Ok(mut p) = self.prepared.lock() {
+            *p = Some(Arc::new(prepared));
+        }
+    }
+
     fn reveal(
         &self,
         action_name: DataAction,

@@ -273,8 +273,10 @@ impl Governance {
             record: None,
             redaction: None,
         };
-        let verdict = self.engine().decide(
+        let roles: Vec<_> = a.roles.iter().map(|r| uid(Kind::Role, r)).collect();
+        let verdict = self.engine().decide_as(
             &principal,
+            &roles,
             &action(action_name),
             &resource,
             facts.context(),

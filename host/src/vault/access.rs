@@ -3,7 +3,7 @@
 
 use super::schema::{Column, Redaction};
 use super::{LoadedVault, Table};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// What the vault is about to do with a column or a record.
@@ -36,6 +36,8 @@ impl DataAction {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RowFacts {
     pub id: Uuid,
+    /// The record's table.
+    pub table: Uuid,
     /// Canonical values of the table's `policy_attribute` columns the record holds.
     pub attributes: BTreeMap<String, String>,
     /// Purposes the record's owner consented to.
@@ -73,6 +75,10 @@ pub trait Gate: Send + Sync {
     fn needs_rows(&self) -> bool {
         true
     }
+
+    /// Called once the facts of the records a request touches are known, before the decisions
+    /// about them (a gate may prepare what those decisions share).
+    fn prepare(&self, _vault: &LoadedVault, _rows: &HashMap<Uuid, RowFacts>) {}
 
     /// The principal grants are looked up for.
     fn grantee(&self) -> Option<&str> {

@@ -631,12 +631,13 @@ impl VaultService {
         let stmt = client
             .prepare_cached(
                 "SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed,
+                        r.table_id,
                         $4::text IS NOT NULL AND EXISTS (
                             SELECT 1 FROM grant_records gr JOIN grants g ON g.id = gr.grant_id
                             WHERE gr.record_id = r.id AND g.principal = $4
                               AND g.expires_at > now() AND g.revoked_at IS NULL)
                  FROM unnest($1::uuid[]) AS x(id)
-                 CROSS JOIN LATERAL (SELECT id, consents FROM records WHERE id = x.id AND vault_id = $3) r
+                 CROSS JOIN LATERAL (SELECT id, consents, table_id FROM records WHERE id = x.id AND vault_id = $3) r
                  LEFT JOIN LATERAL (SELECT column_id, key_version, sealed FROM record_values
                                     WHERE record_id = r.id AND column_id = ANY($2)) rv ON true",
             )
@@ -651,7 +652,8 @@ impl VaultService {
                 continue;
             };
             f.consents = row.get(1);
-            f.granted = row.get(5);
+            f.table = row.get(5);
+            f.granted = row.get(6);
             let Some(column_id) = row.get::<_, Option<Uuid>>(2) else {
                 continue;
             };
@@ -661,6 +663,7 @@ impl VaultService {
                     .insert(column.name.clone(), canonical.as_str().to_string());
             }
         }
+        gate.prepare(v, &facts);
         Ok(facts)
     }
 
