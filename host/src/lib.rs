@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod functions;
 pub mod governance;
 pub mod pg;
 pub mod startup;

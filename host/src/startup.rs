@@ -3,6 +3,7 @@
 use crate::api;
 use crate::config::Settings;
 use crate::crypto::MasterKeyRing;
+use crate::functions::FunctionService;
 use crate::governance::Governance;
 use crate::pg::ManagedPostgres;
 use crate::vault::VaultService;
@@ -63,6 +64,7 @@ impl Application {
             "could not prepare the database (is it reachable, and may this user create tables?)",
         )?;
         let vault = VaultService::new(pool.clone(), ring.clone());
+        let pool_for_functions = pool.clone();
         vault
             .check_keys_and_resume()
             .await
@@ -85,7 +87,21 @@ impl Application {
         };
 
         let gov = Arc::new(gov);
-        let router = api::router(vault.clone(), gov.clone(), settings.max_body_bytes);
+        let functions = Arc::new(
+            FunctionService::new(
+                pool_for_functions,
+                &settings.data_dir,
+                vault.clone(),
+                gov.clone(),
+            )
+            .context("could not start the function runtime")?,
+        );
+        let router = api::router(
+            vault.clone(),
+            gov.clone(),
+            functions,
+            settings.max_body_bytes,
+        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

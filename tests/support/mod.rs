@@ -285,15 +285,7 @@ impl TestApp {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, json)
+        answer(req.send().await.expect("request")).await
     }
 
     /// Creates a service account; returns its API key.
@@ -355,12 +347,7 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(resp).await
     }
 
     /// Creates the `payments` vault of API.md and returns its echo.
@@ -425,4 +412,83 @@ pub fn cluster_root() -> PathBuf {
 /// Connection settings of the shared cluster for database `name`.
 pub fn cluster_config(name: &str) -> tokio_postgres::Config {
     cluster().pg.config_for(name)
+}
+
+/// The guest components in `functions-examples/`, built once per test run for
+/// `wasm32-wasip2` (release), by the same cargo and toolchain that runs the tests.
+pub fn guest(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions-examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo for the guest components");
+        assert!(
+            status.success(),
+            "building functions-examples for wasm32-wasip2 failed"
+        );
+        root.join("target/wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl TestApp {
+    /// Uploads a function (`POST /v1/functions`, or a new version of `existing`).
+    pub async fn upload_function(
+        &self,
+        manifest: Value,
+        component: Vec<u8>,
+        existing: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "manifest",
+                reqwest::multipart::Part::text(manifest.to_string())
+                    .mime_str("application/json")
+                    .expect("mime"),
+            )
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(component)
+                    .mime_str("application/wasm")
+                    .expect("mime"),
+            );
+        let path = match existing {
+            Some(name) => format!("/v1/functions/{name}/versions"),
+            None => "/v1/functions".to_string(),
+        };
+        let resp = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .bearer_auth(ADMIN_KEY)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        answer(resp).await
+    }
+}
+
+/// Status and JSON body of a response (`Null` when empty, a string when not JSON).
+async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, json)
 }

@@ -59,6 +59,8 @@ pub enum Action {
     CheckPolicies,
     ManageGrants,
     ReadAudit,
+    ManageFunctions,
+    InvokeFunction,
 }
 
 impl Action {
@@ -86,6 +88,8 @@ impl Action {
             Action::CheckPolicies => "check_policies",
             Action::ManageGrants => "manage_grants",
             Action::ReadAudit => "read_audit",
+            Action::ManageFunctions => "manage_functions",
+            Action::InvokeFunction => "invoke_function",
         }
     }
 

@@ -3,10 +3,12 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod functions;
 mod governance;
 mod records;
 mod vaults;
 
+use crate::functions::FunctionService;
 use crate::governance::Governance;
 use crate::vault::VaultService;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -34,11 +36,21 @@ pub fn request_id() -> String {
 pub struct AppState {
     pub vault: VaultService,
     pub gov: Arc<Governance>,
+    pub functions: Arc<FunctionService>,
 }
 
 /// The whole router.
-pub fn router(vault: VaultService, gov: Arc<Governance>, max_body_bytes: usize) -> Router {
-    let state = AppState { vault, gov };
+pub fn router(
+    vault: VaultService,
+    gov: Arc<Governance>,
+    functions: Arc<FunctionService>,
+    max_body_bytes: usize,
+) -> Router {
+    let state = AppState {
+        vault,
+        gov,
+        functions,
+    };
     let v1 = Router::new()
         .route("/vaults", post(vaults::create).get(vaults::list))
         .route("/vaults/{vault}", get(vaults::get).delete(vaults::delete))
@@ -67,6 +79,7 @@ pub fn router(vault: VaultService, gov: Arc<Governance>, max_body_bytes: usize) 
         .route("/vaults/{vault}/keys/rotate", post(vaults::rotate_keys))
         .route("/admin/master-keys/rotate", post(vaults::rotate_master))
         .merge(governance::routes())
+        .merge(functions::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "governance",
         include_str!("../../../migrations/0002_governance.sql"),
     ),
+    (
+        3,
+        "functions",
+        include_str!("../../../migrations/0003_functions.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

@@ -107,6 +107,11 @@ pub async fn scope<F: std::future::Future>(event: Arc<Mutex<Event>>, fut: F) -> 
     CURRENT.scope(event, fut).await
 }
 
+/// The current request's audit event, to carry into work done on another thread.
+pub fn current() -> Option<Arc<Mutex<Event>>> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
 /// Adds to the current request's audit event (no-op outside a request).
 pub fn note(f: impl FnOnce(&mut Event)) {
     let _ = CURRENT.try_with(|e| {

@@ -47,6 +47,8 @@ pub struct CedarGate {
     caller: Caller,
     purpose: String,
     card_guardrail: bool,
+    /// `ServiceAccount` for API callers, `Function` inside the sandbox.
+    kind: Kind,
     roles: Vec<EntityUid>,
     memo: Mutex<HashMap<MemoKey, Arc<Verdict>>>,
     prepared: Mutex<Option<Arc<Prepared>>>,
@@ -67,12 +69,30 @@ impl CedarGate {
             .collect();
         CedarGate {
             engine,
+            kind: Kind::ServiceAccount,
             roles,
             caller,
             purpose,
             card_guardrail,
             memo: Mutex::default(),
             prepared: Mutex::default(),
+        }
+    }
+
+    /// A gate for a function (principal `Function::"<name>"`, role `function`, version in
+    /// `caller.key_id`). The card guardrail does not apply: plaintext flows into functions.
+    pub fn for_function(engine: Arc<PolicyEngine>, caller: Caller, purpose: String) -> CedarGate {
+        let mut gate = CedarGate::new(engine, caller, purpose, false);
+        gate.kind = Kind::Function;
+        gate.roles = vec![uid(Kind::Role, "function")];
+        gate
+    }
+
+    fn principal(&self, store: &mut EntityStore) -> EntityUid {
+        let account = &self.caller.account;
+        match self.kind {
+            Kind::Function => store.function(&account.name, &self.caller.key_id),
+            _ => store.service_account(&account.name, &account.roles, &account.attributes),
         }
     }
 
@@ -131,7 +151,7 @@ impl CedarGate {
             (None, Some(r)) => r.clone(),
             (None, None) => uid(Kind::Table, &format!("{vault}/{table}")),
         };
-        let principal = uid(Kind::ServiceAccount, &self.caller.account.name);
+        let principal = uid(self.kind, &self.caller.account.name);
         let facts = Facts {
             purpose: &self.purpose,
             granted: q.row.map(|r| r.granted),
@@ -158,8 +178,7 @@ impl CedarGate {
         }
         let (vault, table) = (&q.vault.name, &q.table.name);
         let mut store = EntityStore::default();
-        let account = &self.caller.account;
-        let principal = store.service_account(&account.name, &account.roles, &account.attributes);
+        let principal = self.principal(&mut store);
         let record = q.row.map(|r| {
             // A stand-in id when records with equal facts share decisions.
             let id = match self.record_key(r) {
@@ -210,8 +229,7 @@ struct Question<'a> {
 impl Gate for CedarGate {
     fn prepare(&self, vault: &LoadedVault, rows: &HashMap<Uuid, RowFacts>) {
         let mut store = EntityStore::default();
-        let account = &self.caller.account;
-        store.service_account(&account.name, &account.roles, &account.attributes);
+        self.principal(&mut store);
         let tables: HashMap<Uuid, &Table> = vault.tables.iter().map(|t| (t.id, t)).collect();
         for t in &vault.tables {
             for c in &t.columns {

@@ -108,3 +108,27 @@ impl VaultService {
         Ok(out)
     }
 }
+
+impl VaultService {
+    /// Detokenize for the sandbox: each token's value as text at the level the gate allows, or
+    /// an error code (`not_found`, `forbidden`). Values live in zeroizing buffers.
+    pub async fn detokenize_plain(
+        &self,
+        vault: &str,
+        tokens: &[String],
+        level: Redaction,
+        gate: &dyn Gate,
+    ) -> Result<Vec<Result<zeroize::Zeroizing<String>, String>>, VaultError> {
+        let results = self.detokenize(vault, tokens.to_vec(), level, gate).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                DetokenizeResult::Found { value, .. } => Ok(zeroize::Zeroizing::new(match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })),
+                DetokenizeResult::Failed { error, .. } => Err(error.code.to_string()),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,874 @@
+//! Functions: user-supplied Wasm components that transform messages, run in the sandbox.
+//!
+//! Upload validates before it accepts: a real component, under the size limit, importing only
+//! allowed interfaces, implementing the `transform` world of `wit/`, with grants that name
+//! existing columns. The version is the component's sha256. Compiled code is cached on disk,
+//! keyed by version and engine, so a restart does not recompile. Each invocation gets a fresh
+//! store; the pre-instantiated component is shared.
+
+pub mod sandbox;
+
+use crate::governance::accounts::{Account, Caller};
+use crate::governance::gate::CedarGate;
+use crate::governance::{Governance, audit};
+use crate::vault::access::{DataAction, Gate, RowFacts};
+use crate::vault::schema::valid_name;
+use crate::vault::{Column, LoadedVault, Redaction, Table, VaultService};
+use deadpool_postgres::Pool;
+use sandbox::{Failure, Hook, HttpMessage, Sandbox, State, TransformPre};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use wasmtime::component::Component;
+use zeroize::Zeroizing;
+
+/// Largest accepted component.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+
+/// One line a function logged (stdout, stderr or the `log` import), capped.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// A function's limits, resolved from its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub memory_mib: u64,
+    pub timeout_ms: u64,
+    pub max_log_bytes: usize,
+    pub max_output_bytes: usize,
+}
+
+/// What a function may detokenize.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub vault: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    /// The most revealing level granted: `plain`, `masked` or `redacted`.
+    pub redaction: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    pub memory_mib: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_log_bytes: Option<usize>,
+    pub max_output_bytes: Option<usize>,
+}
+
+/// The manifest uploaded with a component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    #[serde(default)]
+    pub limits: ManifestLimits,
+}
+
+impl Manifest {
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_mib: self.limits.memory_mib.unwrap_or(64),
+            timeout_ms: self.limits.timeout_ms.unwrap_or(250),
+            max_log_bytes: self.limits.max_log_bytes.unwrap_or(64 << 10),
+            max_output_bytes: self.limits.max_output_bytes.unwrap_or(8 << 20),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !valid_name(&self.name) {
+            return Err("`name` must match ^[a-z][a-z0-9_-]{0,62}$".into());
+        }
+        let l = &self.limits;
+        if l.memory_mib
+            .is_some_and(|m| m == 0 || m > sandbox::MAX_MEMORY_MIB)
+        {
+            return Err(format!(
+                "`limits.memory_mib` must be 1 to {}",
+                sandbox::MAX_MEMORY_MIB
+            ));
+        }
+        if l.timeout_ms.is_some_and(|t| t == 0 || t > 10_000) {
+            return Err("`limits.timeout_ms` must be 1 to 10000".into());
+        }
+        if l.max_log_bytes.is_some_and(|b| b > 1 << 20) {
+            return Err("`limits.max_log_bytes` is at most 1048576".into());
+        }
+        if l.max_output_bytes.is_some_and(|b| b == 0 || b > 16 << 20) {
+            return Err("`limits.max_output_bytes` must be 1 to 16777216".into());
+        }
+        for (i, g) in self.grants.iter().enumerate() {
+            if Redaction::parse(&g.redaction).is_none_or(|r| r == Redaction::Default) {
+                return Err(format!(
+                    "`grants[{i}].redaction` must be plain, masked or redacted"
+                ));
+            }
+            if g.columns.is_empty() {
+                return Err(format!("`grants[{i}].columns` is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong managing functions.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<tokio_postgres::Error> for FunctionsError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        FunctionsError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for FunctionsError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        FunctionsError::Internal(format!("database unavailable: {e}"))
+    }
+}
+
+/// A function version, ready to run.
+struct Loaded {
+    name: String,
+    version: String,
+    pre: TransformPre<State>,
+    manifest: Manifest,
+    limits: Limits,
+}
+
+/// A stored version as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    pub name: String,
+    pub version: String,
+    pub imports: serde_json::Value,
+    pub exports: serde_json::Value,
+    pub size_bytes: i32,
+    pub manifest: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The answer of an invocation.
+#[derive(Debug, Serialize)]
+pub struct Invocation {
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageView>,
+    pub logs: Vec<LogLine>,
+    pub duration_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+}
+
+/// An HTTP message in JSON: the body as UTF-8 text when it is, else base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageView {
+    pub method: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl MessageView {
+    pub fn into_message(self) -> Result<HttpMessage, String> {
+        use base64::Engine;
+        let body = match (self.body, self.body_base64) {
+            (Some(_), Some(_)) => return Err("give `body` or `body_base64`, not both".into()),
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| "`body_base64` is not base64".to_string())?,
+            (None, None) => Vec::new(),
+        };
+        Ok(HttpMessage {
+            method: self.method,
+            url: self.url,
+            status: self.status,
+            headers: self.headers,
+            body,
+        })
+    }
+
+    pub fn from_message(m: HttpMessage) -> MessageView {
+        use base64::Engine;
+        let (body, body_base64) = match String::from_utf8(m.body) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+            ),
+        };
+        MessageView {
+            method: m.method,
+            url: m.url,
+            status: m.status,
+            headers: m.headers,
+            body,
+            body_base64,
+        }
+    }
+}
+
+/// The capabilities a running function reaches the vault through.
+pub trait FunctionHost: Send + Sync {
+    fn detokenize(
+        &self,
+        tokens: Vec<String>,
+        level: Redaction,
+    ) -> Result<Vec<Result<Zeroizing<String>, String>>, String>;
+    fn tokenize(
+        &self,
+        vault: &str,
+        table: &str,
+        column: &str,
+        values: Vec<String>,
+    ) -> Result<Vec<String>, String>;
+}
+
+/// Checks the manifest's grants before Cedar: the column is granted at (at least) this level.
+struct GrantGate {
+    grants: Vec<Grant>,
+    cedar: CedarGate,
+}
+
+fn rank(level: Redaction) -> u8 {
+    match level {
+        Redaction::Plain => 3,
+        Redaction::Masked => 2,
+        Redaction::Redacted => 1,
+        Redaction::Default => 0,
+    }
+}
+
+impl Gate for GrantGate {
+    fn reveal(
+        &self,
+        action: DataAction,
+        vault: &LoadedVault,
+        table: &Table,
+        column: &Column,
+        row: &RowFacts,
+        requested: Redaction,
+    ) -> Option<Redaction> {
+        let granted = self
+            .grants
+            .iter()
+            .filter(|g| {
+                g.vault == vault.name && g.table == table.name && g.columns.contains(&column.name)
+            })
+            .filter_map(|g| Redaction::parse(&g.redaction))
+            .max_by_key(|l| rank(*l))?;
+        let level = match requested {
+            Redaction::Default => granted,
+            l if rank(l) <= rank(granted) => l,
+            _ => return None,
+        };
+        self.cedar.reveal(action, vault, table, column, row, level)
+    }
+
+    fn allows(
+        &self,
+        action: DataAction,
+        vault: &LoadedVault,
+        table: &Table,
+        column: Option<&Column>,
+        row: Option<&RowFacts>,
+    ) -> bool {
+        self.cedar.allows(action, vault, table, column, row)
+    }
+
+    fn prepare(&self, vault: &LoadedVault, rows: &HashMap<Uuid, RowFacts>) {
+        self.cedar.prepare(vault, rows);
+    }
+
+    fn grantee(&self) -> Option<&str> {
+        self.cedar.grantee()
+    }
+}
+
+/// The vault as one invocation of one function sees it.
+struct VaultAccess {
+    vault: VaultService,
+    gov: Arc<Governance>,
+    caller: Caller,
+    grants: Vec<Grant>,
+    purpose: String,
+    runtime: tokio::runtime::Handle,
+    event: Option<Arc<Mutex<audit::Event>>>,
+}
+
+impl VaultAccess {
+    fn gate(&self) -> GrantGate {
+        GrantGate {
+            grants: self.grants.clone(),
+            cedar: CedarGate::for_function(
+                self.gov.engine(),
+                self.caller.clone(),
+                self.purpose.clone(),
+            ),
+        }
+    }
+
+    /// Runs `fut` on the server's runtime from the sandbox thread, inside the request's audit
+    /// event so the decisions are recorded.
+    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match &self.event {
+            Some(e) => self.runtime.block_on(audit::scope(e.clone(), fut)),
+            None => self.runtime.block_on(fut),
+        }
+    }
+}
+
+impl FunctionHost for VaultAccess {
+    fn detokenize(
+        &self,
+        tokens: Vec<String>,
+        level: Redaction,
+    ) -> Result<Vec<Result<Zeroizing<String>, String>>, String> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut vaults: Vec<&str> = self.grants.iter().map(|g| g.vault.as_str()).collect();
+        vaults.dedup();
+        let mut out: Vec<Result<Zeroizing<String>, String>> = tokens
+            .iter()
+            .map(|_| Err("not-found".to_string()))
+            .collect();
+        let gate = self.gate();
+        for vault in vaults {
+            let results = self
+                .block_on(self.vault.detokenize_plain(vault, &tokens, level, &gate))
+                .map_err(|_| "internal: the vault could not answer".to_string())?;
+            for (slot, r) in out.iter_mut().zip(results) {
+                if slot.is_err() {
+                    match r {
+                        Ok(v) => *slot = Ok(v),
+                        Err(code) if code == "forbidden" => *slot = Err(code),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        let n = out.iter().filter(|r| r.is_ok()).count() as u64;
+        if let Some(e) = &self.event
+            && let Ok(mut e) = e.lock()
+        {
+            e.count("revealed_in_function", n);
+        }
+        Ok(out)
+    }
+
+    fn tokenize(
+        &self,
+        vault: &str,
+        table: &str,
+        column: &str,
+        values: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        let values = values.into_iter().map(serde_json::Value::String).collect();
+        let gate = self.gate();
+        self.block_on(self.vault.tokenize(vault, table, column, values, &gate))
+            .map_err(|e| match e {
+                crate::vault::VaultError::Forbidden { .. } => "forbidden".to_string(),
+                crate::vault::VaultError::NotFound(_) => "not-found".to_string(),
+                crate::vault::VaultError::Invalid { .. } => "invalid-value".to_string(),
+                _ => "internal".to_string(),
+            })
+    }
+}
+
+/// Functions: storage, compilation cache and invocation.
+pub struct FunctionService {
+    pool: Pool,
+    sandbox: Arc<Sandbox>,
+    cache_dir: PathBuf,
+    engine_key: String,
+    loaded: RwLock<HashMap<String, Arc<Loaded>>>,
+    invocations: Mutex<HashMap<String, u64>>,
+    vault: VaultService,
+    gov: Arc<Governance>,
+}
+
+fn sha256_version(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl FunctionService {
+    pub fn new(
+        pool: Pool,
+        data_dir: &std::path::Path,
+        vault: VaultService,
+        gov: Arc<Governance>,
+    ) -> Result<FunctionService, FunctionsError> {
+        let sandbox = Sandbox::new().map_err(|e| FunctionsError::Internal(e.to_string()))?;
+        let cache_dir = data_dir.join("functions-cache");
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| FunctionsError::Internal(format!("cannot create the cache: {e}")))?;
+        let engine_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            sandbox.engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        Ok(FunctionService {
+            pool,
+            sandbox: Arc::new(sandbox),
+            cache_dir,
+            engine_key,
+            loaded: RwLock::default(),
+            invocations: Mutex::default(),
+            vault,
+            gov,
+        })
+    }
+
+    fn cache_path(&self, version: &str) -> PathBuf {
+        let hex = version.trim_start_matches("sha256:");
+        self.cache_dir
+            .join(format!("{hex}-{}.cwasm", self.engine_key))
+    }
+
+    /// Compiles (or loads from the disk cache) and pre-instantiates. Blocking.
+    fn compile(
+        &self,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, TransformPre<State>), FunctionsError> {
+        let path = self.cache_path(version);
+        let cached = if path.exists() {
+            load_cached(&self.sandbox.engine, &path).ok()
+        } else {
+            None
+        };
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.sandbox.engine, bytes).map_err(|e| {
+                    FunctionsError::Invalid(format!(
+                        "not a valid WebAssembly component: {}",
+                        first_line(&e)
+                    ))
+                })?;
+                if let Ok(serialized) = c.serialize() {
+                    let tmp = path.with_extension("tmp");
+                    if std::fs::write(&tmp, serialized).is_ok() {
+                        let _ = std::fs::rename(&tmp, &path);
+                    }
+                }
+                c
+            }
+        };
+        let (imports, _) = self.sandbox.interfaces(&component);
+        let refused = sandbox::forbidden_imports(&imports);
+        if !refused.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return Err(FunctionsError::Invalid(format!(
+                "the component imports interfaces functions may not use: {}",
+                refused.join(", ")
+            )));
+        }
+        let pre = self.sandbox.prepare(&component).map_err(|e| {
+            FunctionsError::Invalid(format!(
+                "the component does not implement the strongroom:function/transform world: {}",
+                first_line(&e)
+            ))
+        })?;
+        Ok((component, pre))
+    }
+
+    /// `POST /v1/functions` (`existing: None`) or `POST /v1/functions/{name}/versions`.
+    pub async fn upload(
+        self: &Arc<Self>,
+        manifest: Manifest,
+        bytes: Vec<u8>,
+        existing: Option<&str>,
+    ) -> Result<VersionView, FunctionsError> {
+        manifest.check().map_err(FunctionsError::Invalid)?;
+        if let Some(name) = existing
+            && name != manifest.name
+        {
+            return Err(FunctionsError::Invalid(format!(
+                "the manifest names `{}`, the path `{name}`",
+                manifest.name
+            )));
+        }
+        if bytes.is_empty() || bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(FunctionsError::Invalid(format!(
+                "the component must be 1 to {MAX_COMPONENT_BYTES} bytes"
+            )));
+        }
+        for (i, g) in manifest.grants.iter().enumerate() {
+            let v = self.vault.load(&g.vault).await.map_err(|_| {
+                FunctionsError::Invalid(format!("`grants[{i}].vault`: no vault `{}`", g.vault))
+            })?;
+            let t = v.table(&g.table).map_err(|_| {
+                FunctionsError::Invalid(format!("`grants[{i}].table`: no table `{}`", g.table))
+            })?;
+            if let Some(c) = g.columns.iter().find(|c| t.column(c).is_none()) {
+                return Err(FunctionsError::Invalid(format!(
+                    "`grants[{i}].columns`: no column `{c}` in `{}`",
+                    g.table
+                )));
+            }
+        }
+        let version = sha256_version(&bytes);
+        let this = self.clone();
+        let (v2, b2) = (version.clone(), bytes.clone());
+        let (component, pre) = tokio::task::spawn_blocking(move || this.compile(&v2, &b2))
+            .await
+            .map_err(|_| FunctionsError::Internal("compilation failed".into()))??;
+        let (imports, exports) = self.sandbox.interfaces(&component);
+        let manifest_json = serde_json::to_value(&manifest).unwrap_or_default();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM functions WHERE name = $1 FOR UPDATE",
+                &[&manifest.name],
+            )
+            .await?
+            .is_some();
+        match (existing, exists) {
+            (None, true) => {
+                return Err(FunctionsError::Conflict(format!(
+                    "function `{}` exists; upload a new version with POST /v1/functions/{}/versions",
+                    manifest.name, manifest.name
+                )));
+            }
+            (Some(name), false) => {
+                return Err(FunctionsError::NotFound(format!("function `{name}`")));
+            }
+            (None, false) => {
+                tx.execute(
+                    "INSERT INTO functions (name, active_version) VALUES ($1, $2)",
+                    &[&manifest.name, &version],
+                )
+                .await?;
+            }
+            // A new version of an existing function becomes active (roll back with activate).
+            (Some(_), true) => {
+                tx.execute(
+                    "UPDATE functions SET active_version = $2, updated_at = now() WHERE name = $1",
+                    &[&manifest.name, &version],
+                )
+                .await?;
+            }
+        }
+        let row = tx
+            .query_one(
+                "INSERT INTO function_versions (name, version, component, manifest, imports, exports, size_bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (name, version) DO UPDATE SET manifest = EXCLUDED.manifest
+                 RETURNING created_at",
+                &[
+                    &manifest.name,
+                    &version,
+                    &bytes,
+                    &manifest_json,
+                    &serde_json::json!(imports),
+                    &serde_json::json!(exports),
+                    &(bytes.len() as i32),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        let loaded = Arc::new(Loaded {
+            name: manifest.name.clone(),
+            version: version.clone(),
+            pre,
+            limits: manifest.limits(),
+            manifest: manifest.clone(),
+        });
+        if let Ok(mut l) = self.loaded.write() {
+            l.insert(format!("{}@{version}", manifest.name), loaded);
+        }
+        Ok(VersionView {
+            name: manifest.name,
+            version,
+            imports: serde_json::json!(imports),
+            exports: serde_json::json!(exports),
+            size_bytes: bytes.len() as i32,
+            manifest: manifest_json,
+            created_at: row.get(0),
+        })
+    }
+
+    /// The active version of `name`, loaded (from memory, the disk cache, or compiled).
+    async fn active(self: &Arc<Self>, name: &str) -> Result<Arc<Loaded>, FunctionsError> {
+        let client = self.pool.get().await?;
+        let version: String = client
+            .query_opt(
+                "SELECT active_version FROM functions WHERE name = $1",
+                &[&name],
+            )
+            .await?
+            .ok_or_else(|| FunctionsError::NotFound(format!("function `{name}`")))?
+            .get(0);
+        let key = format!("{name}@{version}");
+        if let Some(hit) = self.loaded.read().ok().and_then(|l| l.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let row = client
+            .query_one(
+                "SELECT component, manifest FROM function_versions WHERE name = $1 AND version = $2",
+                &[&name, &version],
+            )
+            .await?;
+        drop(client);
+        let bytes: Vec<u8> = row.get(0);
+        let manifest: Manifest = serde_json::from_value(row.get(1))
+            .map_err(|_| FunctionsError::Internal("a stored manifest does not parse".into()))?;
+        let this = self.clone();
+        let v2 = version.clone();
+        let (_, pre) = tokio::task::spawn_blocking(move || this.compile(&v2, &bytes))
+            .await
+            .map_err(|_| FunctionsError::Internal("compilation failed".into()))??;
+        let loaded = Arc::new(Loaded {
+            name: name.to_string(),
+            version,
+            pre,
+            limits: manifest.limits(),
+            manifest,
+        });
+        if let Ok(mut l) = self.loaded.write() {
+            l.insert(key, loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Runs the active version of `name` on `message`.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        name: &str,
+        hook: Hook,
+        message: HttpMessage,
+        purpose: &str,
+    ) -> Result<Invocation, FunctionsError> {
+        let loaded = self.active(name).await?;
+        audit::note(|e| {
+            e.function = Some(format!("{}@{}", loaded.name, loaded.version));
+        });
+        let access = Arc::new(VaultAccess {
+            vault: self.vault.clone(),
+            gov: self.gov.clone(),
+            caller: Caller {
+                account: Arc::new(Account {
+                    id: Uuid::nil(),
+                    name: loaded.name.clone(),
+                    roles: vec!["function".into()],
+                    attributes: BTreeMap::new(),
+                }),
+                key_id: loaded.version.clone(),
+            },
+            grants: loaded.manifest.grants.clone(),
+            purpose: purpose.to_string(),
+            runtime: tokio::runtime::Handle::current(),
+            event: audit::current(),
+        });
+        let engine = self.sandbox.engine.clone();
+        let run_loaded = loaded.clone();
+        let started = Instant::now();
+        let task = tokio::task::spawn_blocking(move || {
+            sandbox::run(
+                &run_loaded.pre,
+                &engine,
+                &run_loaded.limits,
+                access,
+                hook,
+                message,
+            )
+        });
+        // The epoch deadline stops the guest; this bounds everything else.
+        let outer = Duration::from_millis(loaded.limits.timeout_ms + 2_000);
+        let outcome = tokio::time::timeout(outer, task)
+            .await
+            .map_err(|_| FunctionsError::Internal("the invocation did not stop in time".into()))?
+            .map_err(|_| FunctionsError::Internal("the invocation failed".into()))?;
+        let duration_us = started.elapsed().as_micros() as u64;
+        if let Ok(mut c) = self.invocations.lock() {
+            *c.entry(name.to_string()).or_default() += 1;
+        }
+        let (message, error) = match outcome.result {
+            Ok(out) => match egress_leak(&out, &outcome.revealed) {
+                false => (Some(MessageView::from_message(out)), None),
+                true => {
+                    audit::note(|e| e.count("egress_blocked", 1));
+                    (
+                        None,
+                        Some(Failure {
+                            kind: "egress_blocked",
+                            trap: None,
+                            message: "the function's output holds a value it detokenized; plaintext may not return to the caller".into(),
+                            functions: vec![],
+                        }),
+                    )
+                }
+            },
+            Err(f) => (None, Some(f)),
+        };
+        Ok(Invocation {
+            name: loaded.name.clone(),
+            version: loaded.version.clone(),
+            message,
+            logs: outcome.log,
+            duration_us,
+            error,
+        })
+    }
+
+    /// `GET /v1/functions` and `GET /v1/functions/{name}`.
+    pub async fn list(&self, only: Option<&str>) -> Result<Vec<serde_json::Value>, FunctionsError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT f.name, f.active_version, v.version, v.size_bytes, v.imports, v.exports, v.manifest, v.created_at
+                 FROM functions f JOIN function_versions v ON v.name = f.name
+                 WHERE $1::text IS NULL OR f.name = $1 ORDER BY f.name, v.created_at",
+                &[&only],
+            )
+            .await?;
+        let counts = self
+            .invocations
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        for row in rows {
+            let name: String = row.get(0);
+            if out.last().is_none_or(|f| f["name"] != name.as_str()) {
+                out.push(serde_json::json!({
+                    "name": name,
+                    "active_version": row.get::<_, String>(1),
+                    "invocations": counts.get(&name).copied().unwrap_or(0),
+                    "versions": [],
+                }));
+            }
+            if let Some(f) = out.last_mut()
+                && let Some(list) = f["versions"].as_array_mut()
+            {
+                list.push(serde_json::json!({
+                    "version": row.get::<_, String>(2),
+                    "size_bytes": row.get::<_, i32>(3),
+                    "imports": row.get::<_, serde_json::Value>(4),
+                    "exports": row.get::<_, serde_json::Value>(5),
+                    "manifest": row.get::<_, serde_json::Value>(6),
+                    "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(7),
+                }));
+            }
+        }
+        if only.is_some() && out.is_empty() {
+            return Err(FunctionsError::NotFound("function".into()));
+        }
+        Ok(out)
+    }
+
+    /// `POST /v1/functions/{name}/activate`.
+    pub async fn activate(&self, name: &str, version: &str) -> Result<(), FunctionsError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE functions SET active_version = $2, updated_at = now()
+                 WHERE name = $1 AND EXISTS (SELECT 1 FROM function_versions WHERE name = $1 AND version = $2)",
+                &[&name, &version],
+            )
+            .await?;
+        if n == 0 {
+            return Err(FunctionsError::NotFound(format!(
+                "function `{name}` at that version"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `DELETE /v1/functions/{name}`: every version, and their cached code.
+    pub async fn delete(&self, name: &str) -> Result<(), FunctionsError> {
+        let client = self.pool.get().await?;
+        let versions: Vec<String> = client
+            .query(
+                "SELECT version FROM function_versions WHERE name = $1",
+                &[&name],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let n = client
+            .execute("DELETE FROM functions WHERE name = $1", &[&name])
+            .await?;
+        if n == 0 {
+            return Err(FunctionsError::NotFound(format!("function `{name}`")));
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.retain(|k, _| !k.starts_with(&format!("{name}@")));
+        }
+        for v in versions {
+            let _ = std::fs::remove_file(self.cache_path(&v));
+        }
+        Ok(())
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// Whether any value revealed during the invocation appears in what it returns.
+fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
+    let text = {
+        let mut s = out.url.clone();
+        for (k, v) in &out.headers {
+            s.push_str(k);
+            s.push_str(v);
+        }
+        s.push_str(&String::from_utf8_lossy(&out.body));
+        s
+    };
+    revealed
+        .iter()
+        .any(|v| v.len() >= 4 && text.contains(v.as_str()))
+}
+
+/// Loads a compiled component from the cache.
+#[allow(unsafe_code)]
+fn load_cached(engine: &wasmtime::Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `Component::serialize` of this engine configuration (the
+    // name carries the engine's compatibility hash) into the server's own data directory
+    // (mode 0700); wasmtime also checks the header and refuses an incompatible artifact.
+    unsafe { Component::deserialize_file(engine, path) }
+}

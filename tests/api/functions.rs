@@ -1,0 +1,363 @@
+//! Functions through the real API: real components built from `functions-examples/`, real
+//! wasmtime, real vault.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use strongroom_tests::{TestApp, assert_error, guest};
+
+/// Deny by default applies to functions too: these tests let functions detokenize (their
+/// manifests' grants still narrow it down to columns and levels).
+const FUNCTIONS_MAY_DETOKENIZE: &str = "@id(\"functions-detokenize\")\npermit (principal is Strongroom::Function, action == Strongroom::Action::\"detokenize\", resource);";
+
+async fn vault_with_dob(app: &TestApp) -> (String, String) {
+    let (status, body) = app.policies(FUNCTIONS_MAY_DETOKENIZE).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "kyc", "tables": [{"name": "people", "columns": [
+            {"name": "dob", "type": "date_of_birth"},
+            {"name": "card", "type": "card_number", "tokenization": "format_preserving"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/kyc/tables/people/records",
+            json!({"records": [
+            {"fields": {"dob": "1990-01-31", "card": "4111111111111111"}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let t = &body["records"][0]["tokens"];
+    (
+        t["dob"].as_str().unwrap().into(),
+        t["card"].as_str().unwrap().into(),
+    )
+}
+
+fn manifest(name: &str, grants: Value, limits: Value) -> Value {
+    json!({"name": name, "description": "test", "grants": grants, "limits": limits})
+}
+
+async fn invoke(app: &TestApp, name: &str, body: Value) -> Value {
+    let (status, out) = app
+        .post(
+            &format!("/v1/functions/{name}/invoke"),
+            json!({"message": {
+            "method": "POST", "url": "https://kyc.example/v1/check",
+            "headers": [["content-type", "application/json"]], "body": body.to_string()}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    out
+}
+
+#[tokio::test]
+async fn date_split_detokenizes_inside_the_sandbox_only_what_it_was_granted() {
+    let app = TestApp::spawn().await;
+    let (dob, _) = vault_with_dob(&app).await;
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": ["dob"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest(
+                "date-split",
+                grant,
+                json!({"memory_mib": 32, "timeout_ms": 500}),
+            ),
+            guest("date_split"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    assert!(up["version"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        up["imports"]
+            .to_string()
+            .contains("strongroom:function/vault"),
+        "{up}"
+    );
+    assert!(
+        up["exports"]
+            .to_string()
+            .contains("strongroom:function/hooks"),
+        "{up}"
+    );
+
+    let out = invoke(
+        &app,
+        "date-split",
+        json!({"name": "Ada", "date_of_birth": dob}),
+    )
+    .await;
+    assert!(out.get("error").is_none(), "{out}");
+    let body: Value = serde_json::from_str(out["message"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["date_of_birth_day"], 31, "{body}");
+    assert_eq!(body["date_of_birth_month"], 1);
+    assert_eq!(body["date_of_birth_year"], 1990);
+    assert!(body.get("date_of_birth").is_none());
+    assert!(out["duration_us"].as_u64().is_some());
+
+    // audited with the function's name and version, never the value
+    let (_, audit) = app.get("/v1/audit?action=invoke_function").await;
+    let event = &audit["events"][0];
+    assert_eq!(
+        event["function"],
+        format!("date-split@{}", up["version"].as_str().unwrap())
+    );
+    assert_eq!(event["counts"]["revealed_in_function"], 1, "{event}");
+    assert!(!audit.to_string().contains("1990-01-31"));
+
+    // a column outside the grant is not revealed (the function answers forbidden)
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": ["card"], "redaction": "plain"}]);
+    let (status, _) = app
+        .upload_function(
+            manifest("date-split-2", grant, json!({})),
+            guest("date_split"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let out = invoke(&app, "date-split-2", json!({"date_of_birth": dob})).await;
+    assert_eq!(out["error"]["kind"], "function_error", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("forbidden"),
+        "{out}"
+    );
+
+    // and Cedar has the last word: a forbid on functions stops the granted one too
+    let (status, body) = app
+        .policies(&format!("{FUNCTIONS_MAY_DETOKENIZE}\n@id(\"no-functions\")\nforbid (principal is Strongroom::Function, action == Strongroom::Action::\"detokenize\", resource);"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let out = invoke(&app, "date-split", json!({"date_of_birth": dob})).await;
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("forbidden"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_never_returns_to_the_caller() {
+    let app = TestApp::spawn().await;
+    let (_, card) = vault_with_dob(&app).await;
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": ["card"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest("stripe-reshape", grant, json!({})),
+            guest("payment_reshape"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let out = invoke(
+        &app,
+        "stripe-reshape",
+        json!({"amount": 1000, "currency": "usd",
+        "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}),
+    )
+    .await;
+    // the reshaped request holds the card number: fine for the processor, not for this caller
+    assert_eq!(out["error"]["kind"], "egress_blocked", "{out}");
+    assert!(out.get("message").is_none());
+    assert!(!out.to_string().contains("4111111111111111"));
+    let (_, audit) = app.get("/v1/audit?action=invoke_function").await;
+    assert_eq!(audit["events"][0]["counts"]["egress_blocked"], 1, "{audit}");
+}
+
+#[tokio::test]
+async fn upload_refuses_what_is_not_a_proper_function() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .upload_function(
+            manifest("garbage", json!([]), json!({})),
+            b"\0asm garbage, not a component".to_vec(),
+            None,
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
+    let (status, body) = app
+        .upload_function(
+            manifest("sneaky", json!([]), json!({})),
+            guest("hostile_forbidden_import"),
+            None,
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        err["message"].as_str().unwrap().contains("wasi:sockets"),
+        "{err}"
+    );
+    let bad_grant =
+        json!([{"vault": "nope", "table": "x", "columns": ["y"], "redaction": "plain"}]);
+    for m in [
+        manifest("Bad Name", json!([]), json!({})),
+        manifest("t", bad_grant, json!({})),
+        manifest("t", json!([]), json!({"memory_mib": 100000})),
+    ] {
+        let (status, body) = app.upload_function(m, guest("hostile_trivial"), None).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (_, list) = app.get("/v1/functions").await;
+    assert_eq!(list["functions"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn versions_activate_roll_back_and_survive_a_restart() {
+    let mut app = TestApp::spawn().await;
+    let echo = |component: &'static str, existing: Option<&'static str>| {
+        let app = &app;
+        async move {
+            app.upload_function(
+                manifest("echo", json!([]), json!({})),
+                guest(component),
+                existing,
+            )
+            .await
+        }
+    };
+    let (status, first) = echo("hostile_trivial", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, body) = echo("hostile_trivial", None).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, second) = echo("hostile_panic", Some("echo")).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let out = invoke(&app, "echo", json!({"x": 1})).await;
+    assert_eq!(
+        out["error"]["trap"], "unreachable",
+        "the new version is active: {out}"
+    );
+    let (status, _) = app
+        .post(
+            "/v1/functions/echo/activate",
+            json!({"version": first["version"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let out = invoke(&app, "echo", json!({"x": 1})).await;
+    assert_eq!(out["message"]["body"], "{\"x\":1}", "{out}");
+    let (_, f) = app.get("/v1/functions/echo").await;
+    assert_eq!(f["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(f["active_version"], first["version"]);
+    assert_eq!(f["invocations"], 2);
+    let (status, _) = app
+        .post(
+            "/v1/functions/echo/activate",
+            json!({"version": "sha256:00"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // a restart loads the compiled code from the disk cache
+    let cached = std::fs::read_dir(app.data_dir.join("functions-cache"))
+        .unwrap()
+        .count();
+    assert!(cached >= 2, "{cached} cached artifacts");
+    app.stop().await;
+    let settings = strongroom_tests::test_settings(app.data_dir.clone());
+    let mut again = TestApp::start(
+        settings,
+        app.db_name.clone(),
+        app.db.clone(),
+        app.data_dir.clone(),
+    )
+    .await;
+    let out = invoke(&again, "echo", json!({"y": 2})).await;
+    assert_eq!(out["message"]["body"], "{\"y\":2}", "{out}");
+    let (status, _) = again.delete("/v1/functions/echo").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = again
+        .post(
+            "/v1/functions/echo/invoke",
+            json!({"message": {"method": "GET", "url": "/"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_components_are_contained() {
+    let app = TestApp::spawn().await;
+    let up = |name: &'static str, component: &'static str, limits: Value| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .upload_function(manifest(name, json!([]), limits), guest(component), None)
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        }
+    };
+    up("spin", "hostile_infinite_loop", json!({"timeout_ms": 200})).await;
+    up("bomb", "hostile_memory_bomb", json!({"memory_mib": 16})).await;
+    up("deep", "hostile_deep_recursion", json!({})).await;
+    up("boom", "hostile_panic", json!({})).await;
+    up(
+        "flood",
+        "hostile_huge_output",
+        json!({"memory_mib": 128, "max_output_bytes": 1048576, "timeout_ms": 2000}),
+    )
+    .await;
+    up("ok", "hostile_trivial", json!({})).await;
+
+    // the infinite loop is stopped at its deadline while others are served
+    let started = Instant::now();
+    let spin = invoke(&app, "spin", json!({}));
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        let out = invoke(&app, "ok", json!({"still": "served"})).await;
+        let (status, _) = app.get("/v1/vaults").await;
+        assert_eq!(status, StatusCode::OK);
+        (out, t.elapsed())
+    };
+    let (spun, (ok, ok_took)) = tokio::join!(spin, others);
+    assert_eq!(spun["error"]["kind"], "trap", "{spun}");
+    assert_eq!(spun["error"]["trap"], "interrupt", "{spun}");
+    assert!(
+        started.elapsed() < Duration::from_millis(200 + 1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(ok.get("error").is_none(), "{ok}");
+    assert!(ok_took < Duration::from_millis(1000), "{ok_took:?}");
+
+    let bomb = invoke(&app, "bomb", json!({})).await;
+    assert_eq!(bomb["error"]["trap"], "memory_limit", "{bomb}");
+    let deep = invoke(&app, "deep", json!({})).await;
+    // a Rust guest's shadow stack lives in linear memory: its overflow is an out-of-bounds access
+    let trap = deep["error"]["trap"].as_str().unwrap_or_default();
+    assert!(
+        ["stack_overflow", "memory_out_of_bounds"].contains(&trap),
+        "{deep}"
+    );
+    let boom = invoke(&app, "boom", json!({})).await;
+    assert_eq!(boom["error"]["trap"], "unreachable", "{boom}");
+    let names = boom["error"]["functions"].to_string();
+    assert!(
+        names.contains("on_request") || names.contains("panic"),
+        "guest function names: {boom}"
+    );
+    assert!(!names.contains("strongroom::"), "no host internals: {boom}");
+    let flood = invoke(&app, "flood", json!({})).await;
+    assert_eq!(flood["error"]["trap"], "output_limit", "{flood}");
+    // and the sandbox still works afterwards
+    let ok = invoke(&app, "ok", json!({"after": true})).await;
+    assert_eq!(ok["message"]["body"], "{\"after\":true}", "{ok}");
+}
