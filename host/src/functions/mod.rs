@@ -866,7 +866,10 @@ fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
 
 /// Loads a compiled component from the cache.
 #[allow(unsafe_code)]
-fn load_cached(engine: &wasmtime::Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
+pub fn load_cached(
+    engine: &wasmtime::Engine,
+    path: &std::path::Path,
+) -> wasmtime::Result<Component> {
     // SAFETY: the file was written by `Component::serialize` of this engine configuration (the
     // name carries the engine's compatibility hash) into the server's own data directory
     // (mode 0700); wasmtime also checks the header and refuses an incompatible artifact.

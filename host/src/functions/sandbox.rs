@@ -27,8 +27,8 @@ wasmtime::component::bindgen!({
     world: "transform",
 });
 
+use self::strongroom::function::types::Redaction as WitRedaction;
 pub use exports::strongroom::function::hooks::{FunctionError, HttpMessage};
-use strongroom::function::types::Redaction as WitRedaction;
 
 /// The hard ceiling of any function's linear memory (the pooling allocator's slot size).
 pub const MAX_MEMORY_MIB: u64 = 256;
@@ -164,11 +164,11 @@ impl State {
     }
 }
 
-impl strongroom::function::types::Host for State {}
+impl self::strongroom::function::types::Host for State {}
 
-impl strongroom::function::log::Host for State {
-    fn log(&mut self, level: strongroom::function::log::Level, message: String) {
-        use strongroom::function::log::Level;
+impl self::strongroom::function::log::Host for State {
+    fn log(&mut self, level: self::strongroom::function::log::Level, message: String) {
+        use self::strongroom::function::log::Level;
         let level = match level {
             Level::Debug => "debug",
             Level::Info => "info",
@@ -179,7 +179,7 @@ impl strongroom::function::log::Host for State {
     }
 }
 
-impl strongroom::function::vault::Host for State {
+impl self::strongroom::function::vault::Host for State {
     fn detokenize(
         &mut self,
         tokens: Vec<String>,
@@ -232,7 +232,7 @@ impl strongroom::function::vault::Host for State {
         _table: String,
         _record: String,
         _column: String,
-    ) -> Result<strongroom::function::vault::File, String> {
+    ) -> Result<self::strongroom::function::vault::File, String> {
         Err("unsupported: file columns are not available yet".into())
     }
 }
