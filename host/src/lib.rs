@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod crypto;
 pub mod db;
 pub mod functions;
