@@ -39,6 +39,15 @@ impl FunctionHost for NoVault {
     fn tokenize(&self, _: &str, _: &str, _: &str, _: Vec<String>) -> Result<Vec<String>, String> {
         Err("forbidden".into())
     }
+    fn read_file(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<strongroom::types::file::FileValue, String> {
+        Err("forbidden".into())
+    }
 }
 
 fn guests() -> Result<PathBuf> {

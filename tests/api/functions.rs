@@ -361,3 +361,132 @@ async fn hostile_components_are_contained() {
     let ok = invoke(&app, "ok", json!({"after": true})).await;
     assert_eq!(ok["message"]["body"], "{\"after\":true}", "{ok}");
 }
+
+/// A vault with a stored contract, for `file-extract`; returns the record id.
+async fn vault_with_contract(app: &TestApp) -> String {
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "legal", "tables": [{"name": "contracts", "columns": [
+            {"name": "pdf", "type": "file"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/legal/tables/contracts/records",
+            json!({"records": [{"fields": {"pdf": {"name": "contract.pdf",
+                "media_type": "application/pdf", "content_base64": "JVBERi0xLjcgY29udHJhY3Q="}}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"][0]["id"].as_str().unwrap().to_string()
+}
+
+fn envelope_request(record: &str) -> Value {
+    json!({"document": {"vault": "legal", "table": "contracts", "record": record, "column": "pdf"},
+           "signer": {"name": "Ada", "email": "ada@example.test"}, "subject": "Please sign"})
+}
+
+#[tokio::test]
+async fn file_extract_reads_only_granted_files_of_the_message_at_hand() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .policies(
+            FUNCTIONS_MAY_DETOKENIZE
+                .replace(
+                    "action == Strongroom::Action::\"detokenize\"",
+                    "action in [Strongroom::Action::\"detokenize\", Strongroom::Action::\"read\"]",
+                )
+                .as_str(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let record = vault_with_contract(&app).await;
+    let grant =
+        json!([{"vault": "legal", "table": "contracts", "columns": ["pdf"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest("file-extract", grant, json!({"memory_mib": 64})),
+            guest("file_extract"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+
+    // The envelope holds the document: fine for the e-signature API, never for this caller.
+    // (The connection tests see it arrive upstream.)
+    let out = invoke(&app, "file-extract", envelope_request(&record)).await;
+    assert_eq!(out["error"]["kind"], "egress_blocked", "{out}");
+    assert!(!out.to_string().contains("JVBERi0xLjcgY29udHJhY3Q="));
+    assert!(
+        out["logs"]
+            .to_string()
+            .contains("attached 17 bytes of application/pdf"),
+        "{out}"
+    );
+    let (_, audit) = app.get("/v1/audit?action=invoke_function").await;
+    let event = &audit["events"][0];
+    assert_eq!(event["counts"]["files_read_in_function"], 1, "{event}");
+    assert!(event["records"].to_string().contains(&record), "{event}");
+
+    // without the column in its grant, the function is refused before the vault is asked
+    let (status, _) = app
+        .upload_function(
+            manifest("file-extract-ungranted", json!([]), json!({})),
+            guest("file_extract"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let out = invoke(&app, "file-extract-ungranted", envelope_request(&record)).await;
+    assert_eq!(out["error"]["kind"], "function_error", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("forbidden"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_response_hook_cannot_reveal_anything() {
+    let app = TestApp::spawn().await;
+    let (dob, _) = vault_with_dob(&app).await;
+    let record = vault_with_contract(&app).await;
+    let grant = json!([
+        {"vault": "kyc", "table": "people", "columns": ["dob"], "redaction": "plain"},
+        {"vault": "legal", "table": "contracts", "columns": ["pdf"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest("reveal", grant, json!({})),
+            guest("hostile_response_reveal"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    for body in [
+        json!({"token": dob}),
+        json!({"file": {"vault": "legal", "table": "contracts", "record": record, "column": "pdf"}}),
+    ] {
+        let (status, out) = app
+            .post(
+                "/v1/functions/reveal/invoke",
+                json!({"hook": "response", "message": {
+                "method": "POST", "url": "https://kyc.example/v1/check", "status": 200,
+                "headers": [["content-type", "application/json"]], "body": body.to_string()}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert_eq!(out["error"]["kind"], "function_error", "{out}");
+        assert!(
+            out["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not available in on-response"),
+            "{out}"
+        );
+        assert!(!out.to_string().contains("1990-01-31"), "{out}");
+    }
+}

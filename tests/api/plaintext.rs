@@ -14,6 +14,9 @@ const VALUES: &[&str] = &[
     "Nowhereville",
 ];
 
+const FILE_NAME: &str = "zebediah-quixote-will.txt";
+const FILE_TEXT: &[u8] = b"Zebediah's last will and testament: everything to the cat.";
+
 fn pg_dump_path() -> std::path::PathBuf {
     let bindir = std::process::Command::new("pg_config")
         .arg("--bindir")
@@ -70,6 +73,27 @@ async fn no_plaintext_in_database_dump_or_logs() {
     )
     .await;
     app.post("/v1/vaults/payments/keys/rotate", json!({})).await;
+    // a file column: neither the content (raw or base64) nor the file name is stored in clear
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "legal", "tables": [{"name": "contracts", "columns": [{"name": "pdf", "type": "file"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/legal/tables/contracts/records",
+            json!({"records": [{"fields": {"pdf": {"name": FILE_NAME, "media_type": "text/plain",
+                "content_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, FILE_TEXT)}}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let file_id = body["records"][0]["id"].as_str().unwrap().to_string();
+    app.get(&format!(
+        "/v1/vaults/legal/tables/contracts/records/{file_id}/files/pdf"
+    ))
+    .await;
 
     let config = &app.db;
     let host = match &config.get_hosts()[0] {
@@ -99,10 +123,25 @@ async fn no_plaintext_in_database_dump_or_logs() {
     assert!(dump.contains("record_values"), "dump looks empty");
     let logs = strongroom_tests::logs().to_lowercase();
     assert!(logs.contains("request"), "no logs captured");
-    for value in VALUES
-        .iter()
-        .chain(["4012888888881882", "219099999"].iter())
-    {
+    let file_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, FILE_TEXT)
+        .to_lowercase();
+    assert!(
+        !dump.contains(&file_b64),
+        "file content (base64) found in pg_dump"
+    );
+    assert!(
+        !logs.contains(&file_b64),
+        "file content (base64) found in the server log"
+    );
+    for value in VALUES.iter().chain(
+        [
+            "4012888888881882",
+            "219099999",
+            FILE_NAME,
+            "zebediah's last will",
+        ]
+        .iter(),
+    ) {
         let v = value.to_lowercase();
         assert!(!dump.contains(&v), "`{value}` found in pg_dump");
         assert!(!logs.contains(&v), "`{value}` found in the server log");

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod files;
 mod functions;
 mod governance;
 mod records;
@@ -15,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use error::ApiError;
 use serde_json::json;
@@ -59,9 +60,12 @@ pub fn router(
             "/vaults/{vault}/tables/{table}/columns",
             post(vaults::add_column),
         )
+        // Records may carry files (base64 in JSON): these bodies may be larger.
         .route(
             "/vaults/{vault}/tables/{table}/records",
-            post(records::insert),
+            post(records::insert).layer(DefaultBodyLimit::max(
+                max_body_bytes.max(files::FILE_BODY_BYTES),
+            )),
         )
         .route(
             "/vaults/{vault}/tables/{table}/records/lookup",
@@ -69,8 +73,12 @@ pub fn router(
         )
         .route(
             "/vaults/{vault}/tables/{table}/records/{id}",
-            get(records::read)
-                .patch(records::update)
+            // `layer` wraps the methods added before it: only the update takes large bodies.
+            patch(records::update)
+                .layer(DefaultBodyLimit::max(
+                    max_body_bytes.max(files::FILE_BODY_BYTES),
+                ))
+                .get(records::read)
                 .delete(records::delete),
         )
         .route("/vaults/{vault}/tokenize", post(records::tokenize))
@@ -79,6 +87,7 @@ pub fn router(
         .route("/vaults/{vault}/keys/rotate", post(vaults::rotate_keys))
         .route("/admin/master-keys/rotate", post(vaults::rotate_master))
         .merge(governance::routes())
+        .merge(files::routes())
         .merge(functions::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -253,6 +253,14 @@ pub trait FunctionHost: Send + Sync {
         column: &str,
         values: Vec<String>,
     ) -> Result<Vec<String>, String>;
+    /// Reads a file from a file column of one record, at plain.
+    fn read_file(
+        &self,
+        vault: &str,
+        table: &str,
+        record: &str,
+        column: &str,
+    ) -> Result<crate::types::file::FileValue, String>;
 }
 
 /// Checks the manifest's grants before Cedar: the column is granted at (at least) this level.
@@ -404,6 +412,43 @@ impl FunctionHost for VaultAccess {
                 crate::vault::VaultError::Invalid { .. } => "invalid-value".to_string(),
                 _ => "internal".to_string(),
             })
+    }
+
+    fn read_file(
+        &self,
+        vault: &str,
+        table: &str,
+        record: &str,
+        column: &str,
+    ) -> Result<crate::types::file::FileValue, String> {
+        // The manifest must grant the column at plain before the vault is asked at all.
+        let granted = self.grants.iter().any(|g| {
+            g.vault == vault
+                && g.table == table
+                && g.columns.iter().any(|c| c == column)
+                && g.redaction == "plain"
+        });
+        if !granted {
+            return Err("forbidden".into());
+        }
+        let gate = self.gate();
+        let file = self
+            .block_on(self.vault.read_file(vault, table, record, column, &gate))
+            .map_err(|e| match e {
+                crate::vault::VaultError::Forbidden { .. } => "forbidden".to_string(),
+                crate::vault::VaultError::NotFound(_) => "not-found".to_string(),
+                crate::vault::VaultError::Invalid { .. } => "invalid".to_string(),
+                _ => "internal".to_string(),
+            })?;
+        if let Some(e) = &self.event
+            && let Ok(mut e) = e.lock()
+        {
+            if let Ok(id) = uuid::Uuid::parse_str(record) {
+                e.record(id);
+            }
+            e.count("files_read_in_function", 1);
+        }
+        Ok(file)
     }
 }
 
@@ -728,7 +773,7 @@ impl FunctionService {
                         Some(Failure {
                             kind: "egress_blocked",
                             trap: None,
-                            message: "the function's output holds a value it detokenized; plaintext may not return to the caller".into(),
+                            message: "the function's output holds a value it revealed (detokenized or read from a file); plaintext may not return to the caller".into(),
                             functions: vec![],
                         }),
                     )

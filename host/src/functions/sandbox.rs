@@ -228,12 +228,33 @@ impl self::strongroom::function::vault::Host for State {
 
     fn read_file(
         &mut self,
-        _vault: String,
-        _table: String,
-        _record: String,
-        _column: String,
+        vault: String,
+        table: String,
+        record: String,
+        column: String,
     ) -> Result<self::strongroom::function::vault::File, String> {
-        Err("unsupported: file columns are not available yet".into())
+        if self.response_hook {
+            return Err("forbidden: read-file is not available in on-response".into());
+        }
+        // INVARIANT: as for tokens, a function reads only records its message refers to.
+        if record.is_empty() || !self.message_text.contains(record.as_str()) {
+            return Err("forbidden: the record does not appear in the message".into());
+        }
+        let file = self.host.read_file(&vault, &table, &record, &column)?;
+        // The egress guard looks for the content as the guest is likely to pass it on: base64,
+        // and the bytes themselves when they are text.
+        self.revealed.push(Zeroizing::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            file.data.as_slice(),
+        )));
+        if let Ok(text) = std::str::from_utf8(&file.data) {
+            self.revealed.push(Zeroizing::new(text.to_string()));
+        }
+        Ok(self::strongroom::function::vault::File {
+            name: file.name.clone(),
+            media_type: file.media_type.clone(),
+            data: file.data.to_vec(),
+        })
     }
 }
 

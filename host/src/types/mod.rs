@@ -6,6 +6,7 @@
 //! can be logged and returned without leaking it.
 
 mod checks;
+pub mod file;
 mod mask;
 
 pub use mask::Mask;
@@ -40,6 +41,7 @@ pub enum DataType {
     PostalCode,
     IpAddress,
     Passport,
+    File,
 }
 
 /// Why a value was refused. The reason never quotes the value.
@@ -53,7 +55,7 @@ fn invalid<T>(reason: &'static str) -> Result<T, InvalidValue> {
     Err(InvalidValue { reason })
 }
 
-const ALL: [DataType; 20] = [
+const ALL: [DataType; 21] = [
     DataType::String,
     DataType::Integer,
     DataType::Boolean,
@@ -74,6 +76,7 @@ const ALL: [DataType; 20] = [
     DataType::PostalCode,
     DataType::IpAddress,
     DataType::Passport,
+    DataType::File,
 ];
 
 impl DataType {
@@ -110,6 +113,7 @@ impl DataType {
             DataType::PostalCode => "postal_code",
             DataType::IpAddress => "ip_address",
             DataType::Passport => "passport",
+            DataType::File => "file",
         }
     }
 
@@ -136,6 +140,7 @@ impl DataType {
                     _ => invalid("expected a boolean"),
                 };
             }
+            DataType::File => return file::normalize(input),
             DataType::Json => {
                 let text = input.to_string();
                 if text.len() > MAX_TEXT_BYTES {
@@ -178,7 +183,9 @@ impl DataType {
                 .map(|ip| ip.to_string())
                 .or_else(|_| invalid("is not an IPv4 or IPv6 address")),
             DataType::Passport => checks::passport(s),
-            DataType::Integer | DataType::Boolean | DataType::Json => invalid("expected a string"),
+            DataType::Integer | DataType::Boolean | DataType::Json | DataType::File => {
+                invalid("expected a string")
+            }
         }
     }
 
@@ -192,6 +199,7 @@ impl DataType {
             DataType::Boolean => Value::Bool(canonical == "true"),
             DataType::Json => serde_json::from_str(canonical)
                 .unwrap_or_else(|_| Value::String(canonical.to_string())),
+            DataType::File => file::to_json(canonical),
             _ => Value::String(canonical.to_string()),
         }
     }
@@ -218,7 +226,8 @@ impl DataType {
             | DataType::CardExpiry
             | DataType::DateOfBirth
             | DataType::Address
-            | DataType::IpAddress => Mask::Full,
+            | DataType::IpAddress
+            | DataType::File => Mask::Full,
         }
     }
 
@@ -230,6 +239,10 @@ impl DataType {
             (DataType::CardNumber, Mask::KeepLast(n)) if n <= 4 => Ok(()),
             (DataType::CardNumber, _) => {
                 Err("card numbers may show at most their last four digits (full or keep_last:0..4)")
+            }
+            (DataType::File, Mask::Full) => Ok(()),
+            (DataType::File, _) => {
+                Err("file columns are masked as a summary (media type and size); use full")
             }
             (DataType::Email, _) | (_, Mask::Initials) | (_, Mask::KeepFirst(_)) => Ok(()),
             (_, Mask::Email) => Err("the email mask applies only to email columns"),

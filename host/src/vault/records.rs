@@ -9,6 +9,7 @@ use super::schema::{Column, Redaction, fpe_format, valid_name};
 use super::{Detail, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
 use crate::crypto::{open, seal};
 use crate::tokens::{self, Tokenization};
+use crate::types::DataType;
 use deadpool_postgres::GenericClient;
 use rand::RngCore;
 use serde::Serialize;
@@ -103,6 +104,9 @@ pub(super) fn render(column: &Column, canonical: &str, level: Redaction) -> (Val
     };
     let value = match level {
         Redaction::Plain | Redaction::Default => column.data_type.to_json(canonical),
+        Redaction::Masked if column.data_type == DataType::File => {
+            Value::String(crate::types::file::summary(canonical))
+        }
         Redaction::Masked => Value::String(column.mask.apply(canonical)),
         Redaction::Redacted => Value::String("*REDACTED*".to_string()),
     };
@@ -595,6 +599,77 @@ impl VaultService {
         Ok(view)
     }
 
+    /// `GET …/records/{id}/files/{column}` and a function's `read-file`: one stored file,
+    /// opened, if the gate reveals that column of that record in plain.
+    pub async fn read_file(
+        &self,
+        vault: &str,
+        table: &str,
+        id: &str,
+        column: &str,
+        gate: &dyn Gate,
+    ) -> Result<crate::types::file::FileValue, VaultError> {
+        let v = self.load(vault).await?;
+        let t = v.table(table)?;
+        let c = t
+            .column(column)
+            .ok_or_else(|| VaultError::NotFound(format!("column `{column}`")))?;
+        if c.data_type != DataType::File {
+            return Err(VaultError::invalid(
+                format!("column `{column}` is not a file column"),
+                vec![],
+            ));
+        }
+        let id = parse_record_id(id)?;
+        let wanted = HashSet::from([c.id]);
+        let view = self
+            .read_many(
+                &v,
+                t,
+                &[id],
+                Redaction::Plain,
+                Some(&wanted),
+                gate,
+                DataAction::Read,
+            )
+            .await?
+            .pop()
+            .ok_or_else(|| VaultError::NotFound("record".into()))?;
+        if !view.withheld.is_empty() {
+            return Err(forbidden(DataAction::Read, view.withheld));
+        }
+        // Only a plain reveal carries the content; a lower level is not enough to download.
+        let content = view
+            .fields
+            .get(column)
+            .and_then(|f| f.get("content_base64"))
+            .and_then(Value::as_str)
+            .map(|b64| Zeroizing::new(b64.to_string()));
+        let (Some(field), Some(content)) = (view.fields.get(column), content) else {
+            return match view.fields.get(column) {
+                None => Err(VaultError::NotFound(format!("a file in column `{column}`"))),
+                Some(_) => Err(forbidden(DataAction::Read, vec![column.to_string()])),
+            };
+        };
+        let text = |k: &str| {
+            field
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let data = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            content.as_bytes(),
+        )
+        .map_err(|_| VaultError::Integrity)?;
+        Ok(crate::types::file::FileValue {
+            name: text("name"),
+            media_type: text("media_type"),
+            data: Zeroizing::new(data),
+        })
+    }
+
     /// What row-level policies may know about `ids`: consents, `policy_attribute` values
     /// (decrypted here, never stored in the clear) and grants to the gate's principal.
     pub(super) async fn row_facts(
@@ -687,10 +762,16 @@ impl VaultService {
                     .prepare_cached(
                         "SELECT r.id, rv.column_id, rv.key_version, rv.sealed FROM records r
                  LEFT JOIN record_values rv ON rv.record_id = r.id
+                      AND ($3::uuid[] IS NULL OR rv.column_id = ANY($3))
                  WHERE r.id = ANY($1) AND r.table_id = $2 ORDER BY r.created_at, r.id",
                     )
                     .await?,
-                &[&ids, &t.id],
+                // Only the wanted columns' ciphertexts leave the database (files are large).
+                &[
+                    &ids,
+                    &t.id,
+                    &wanted.map(|w| w.iter().copied().collect::<Vec<Uuid>>()),
+                ],
             )
             .await?;
         let mut out: Vec<RecordView> = Vec::new();

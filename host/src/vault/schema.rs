@@ -199,6 +199,23 @@ pub fn resolve_column(new: &NewColumn, at: &str, errors: &mut Vec<Detail>) -> Op
             ),
         );
     }
+    if data_type == Some(DataType::File) {
+        if mode.is_some_and(|m| !matches!(m, Tokenization::Random | Tokenization::None)) {
+            fail(
+                "tokenization",
+                "file columns take random tokens (or none)".into(),
+            );
+        }
+        if new.unique {
+            fail("unique", "file columns cannot be unique".into());
+        }
+        if new.policy_attribute {
+            fail(
+                "policy_attribute",
+                "file columns cannot be policy attributes".into(),
+            );
+        }
+    }
     if let Some(group) = &new.token_group {
         if !valid_name(group) {
             fail("token_group", "must match ^[a-z][a-z0-9_-]{0,62}$".into());
