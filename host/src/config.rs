@@ -27,6 +27,12 @@ pub struct Settings {
     /// Lifts the card guardrail (`STRONGROOM_ALLOW_PLAINTEXT_CARDS=true`): service accounts may
     /// then receive plaintext card numbers where policies allow. Off by default; logged when on.
     pub allow_plaintext_cards: bool,
+    /// Networks connections may reach although they are loopback, private or link-local
+    /// (`STRONGROOM_EGRESS_ALLOW_NETWORKS`, e.g. `10.0.0.0/8,127.0.0.1/32`; default none).
+    pub egress_allow_networks: String,
+    /// Hosts connections may reach over plain http (`STRONGROOM_EGRESS_ALLOW_HTTP_HOSTS`,
+    /// comma-separated; default none: https only).
+    pub egress_allow_http_hosts: String,
 }
 
 /// A setting that could not be used. Never includes a secret's value.
@@ -59,6 +65,8 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "db_pool_size",
     "allow_plaintext_cards",
+    "egress_allow_networks",
+    "egress_allow_http_hosts",
 ];
 
 impl Settings {
@@ -111,6 +119,8 @@ impl Settings {
                 Some("true") => true,
                 Some(_) => return Err(ConfigError::Bool("STRONGROOM_ALLOW_PLAINTEXT_CARDS")),
             },
+            egress_allow_networks: get("egress_allow_networks")?.unwrap_or_default(),
+            egress_allow_http_hosts: get("egress_allow_http_hosts")?.unwrap_or_default(),
         })
     }
 }

@@ -2,6 +2,8 @@
 
 use crate::api;
 use crate::config::Settings;
+use crate::connections::egress::EgressPolicy;
+use crate::connections::{ConnectionService, Deps};
 use crate::crypto::MasterKeyRing;
 use crate::functions::FunctionService;
 use crate::governance::Governance;
@@ -65,6 +67,7 @@ impl Application {
         )?;
         let vault = VaultService::new(pool.clone(), ring.clone());
         let pool_for_functions = pool.clone();
+        let pool_for_connections = pool.clone();
         vault
             .check_keys_and_resume()
             .await
@@ -96,10 +99,38 @@ impl Application {
             )
             .context("could not start the function runtime")?,
         );
+        let egress = EgressPolicy::parse(
+            &settings.egress_allow_http_hosts,
+            &settings.egress_allow_networks,
+        )
+        .context("the egress allow-lists (STRONGROOM_EGRESS_ALLOW_*) do not parse")?;
+        if !settings.egress_allow_networks.is_empty()
+            || !settings.egress_allow_http_hosts.is_empty()
+        {
+            tracing::warn!(
+                networks = %settings.egress_allow_networks,
+                http_hosts = %settings.egress_allow_http_hosts,
+                "connections may reach these otherwise refused networks and plain-http hosts"
+            );
+        }
+        let secrets_key = crate::governance::server_key(&pool_for_connections, &ring, "secrets")
+            .await
+            .context("could not load the secrets key")?;
+        let connections = Arc::new(ConnectionService::new(
+            pool_for_connections,
+            Deps {
+                vault: vault.clone(),
+                gov: gov.clone(),
+                functions: functions.clone(),
+            },
+            egress,
+            secrets_key,
+        ));
         let router = api::router(
             vault.clone(),
             gov.clone(),
             functions,
+            connections,
             settings.max_body_bytes,
         );
         let listener = TcpListener::bind(settings.listen)
@@ -142,9 +173,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         tracing::info!(address = %self.local_addr(), "strongroom listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // Peer addresses: public inbound routes are rate-limited per client.
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         drop(self.vault);
         if let Some(pg) = self.managed.as_mut() {
             pg.stop().await?;

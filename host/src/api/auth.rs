@@ -61,6 +61,10 @@ pub enum Action {
     ReadAudit,
     ManageFunctions,
     InvokeFunction,
+    ManageConnections,
+    ManageSecrets,
+    /// On a connection: checked by [`authorize_call`].
+    CallConnection,
 }
 
 impl Action {
@@ -90,6 +94,9 @@ impl Action {
             Action::ReadAudit => "read_audit",
             Action::ManageFunctions => "manage_functions",
             Action::InvokeFunction => "invoke_function",
+            Action::ManageConnections => "manage_connections",
+            Action::ManageSecrets => "manage_secrets",
+            Action::CallConnection => "call_connection",
         }
     }
 
@@ -147,6 +154,26 @@ pub fn authorize(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("the caller's policies do not allow `{}`", action.name()),
+        ))
+    }
+}
+
+/// Decides whether the caller may call `connection` through the gateway.
+pub fn authorize_call(s: &AppState, p: &Principal, connection: &str) -> Result<(), ApiError> {
+    audit::note(|e| e.action = Action::CallConnection.name().to_string());
+    let verdict = s.gov.decide_admin(
+        &p.caller,
+        Action::CallConnection.name(),
+        Target::Connection(connection),
+        &p.purpose,
+    );
+    if verdict.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the caller's policies do not allow calling this connection",
         ))
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API (`shared/API.md`): routes, request ids, authentication and errors.
 
 pub mod auth;
+mod connections;
 pub mod error;
 pub mod extract;
 mod files;
@@ -9,6 +10,7 @@ mod governance;
 mod records;
 mod vaults;
 
+use crate::connections::ConnectionService;
 use crate::functions::FunctionService;
 use crate::governance::Governance;
 use crate::vault::VaultService;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub vault: VaultService,
     pub gov: Arc<Governance>,
     pub functions: Arc<FunctionService>,
+    pub connections: Arc<ConnectionService>,
 }
 
 /// The whole router.
@@ -45,12 +48,14 @@ pub fn router(
     vault: VaultService,
     gov: Arc<Governance>,
     functions: Arc<FunctionService>,
+    connections: Arc<ConnectionService>,
     max_body_bytes: usize,
 ) -> Router {
     let state = AppState {
         vault,
         gov,
         functions,
+        connections,
     };
     let v1 = Router::new()
         .route("/vaults", post(vaults::create).get(vaults::list))
@@ -89,14 +94,20 @@ pub fn router(
         .merge(governance::routes())
         .merge(files::routes())
         .merge(functions::routes())
+        .merge(connections::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audited));
+    // Inbound calls authenticate with the connection's own key (or none, on public routes),
+    // inside the gateway; they are audited like everything else.
+    let inbound = connections::inbound_routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::audited));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .nest("/v1/inbound", inbound)
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

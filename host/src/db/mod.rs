@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "functions",
         include_str!("../../../migrations/0003_functions.sql"),
     ),
+    (
+        4,
+        "connections",
+        include_str!("../../../migrations/0004_connections.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

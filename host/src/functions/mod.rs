@@ -183,6 +183,16 @@ pub struct Invocation {
     pub error: Option<Failure>,
 }
 
+/// The outcome of a function on a connection's path.
+pub struct Transformed {
+    /// `name@version`, for the audit event.
+    pub version: String,
+    pub result: Result<HttpMessage, Failure>,
+    /// Every plaintext the function revealed.
+    pub revealed: Vec<Zeroizing<String>>,
+    pub duration_us: u64,
+}
+
 /// An HTTP message in JSON: the body as UTF-8 text when it is, else base64.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -711,14 +721,14 @@ impl FunctionService {
         Ok(loaded)
     }
 
-    /// Runs the active version of `name` on `message`.
-    pub async fn invoke(
+    /// Runs the active version of `name` on `message` in a fresh sandbox.
+    async fn run(
         self: &Arc<Self>,
         name: &str,
         hook: Hook,
         message: HttpMessage,
         purpose: &str,
-    ) -> Result<Invocation, FunctionsError> {
+    ) -> Result<(Arc<Loaded>, sandbox::Outcome, u64), FunctionsError> {
         let loaded = self.active(name).await?;
         audit::note(|e| {
             e.function = Some(format!("{}@{}", loaded.name, loaded.version));
@@ -763,6 +773,38 @@ impl FunctionService {
         if let Ok(mut c) = self.invocations.lock() {
             *c.entry(name.to_string()).or_default() += 1;
         }
+        Ok((loaded, outcome, duration_us))
+    }
+
+    /// A function on a connection's path: its output goes on (to the third party from
+    /// `on-request`, towards the caller from `on-response`, where the gateway's own egress check
+    /// covers it). `revealed` holds what the function revealed, for that check.
+    pub async fn transform(
+        self: &Arc<Self>,
+        name: &str,
+        hook: Hook,
+        message: HttpMessage,
+        purpose: &str,
+    ) -> Result<Transformed, FunctionsError> {
+        let (loaded, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
+        Ok(Transformed {
+            version: format!("{}@{}", loaded.name, loaded.version),
+            result: outcome.result,
+            revealed: outcome.revealed,
+            duration_us,
+        })
+    }
+
+    /// `POST /v1/functions/{name}/invoke`: a test run whose result returns to the caller, so
+    /// nothing the function revealed may be in it.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        name: &str,
+        hook: Hook,
+        message: HttpMessage,
+        purpose: &str,
+    ) -> Result<Invocation, FunctionsError> {
+        let (loaded, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
         let (message, error) = match outcome.result {
             Ok(out) => match egress_leak(&out, &outcome.revealed) {
                 false => (Some(MessageView::from_message(out)), None),
@@ -894,7 +936,7 @@ fn first_line(e: &wasmtime::Error) -> String {
 }
 
 /// Whether any value revealed during the invocation appears in what it returns.
-fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
+pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
     let text = {
         let mut s = out.url.clone();
         for (k, v) in &out.headers {

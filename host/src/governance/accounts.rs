@@ -157,6 +157,20 @@ impl Accounts {
         keyed_hash(&self.hash_key, &[b"api-key", secret.as_bytes()])
     }
 
+    /// A fresh key for something other than an account (an inbound connection), and the keyed
+    /// hash to store for it.
+    pub fn mint(&self) -> (NewKey, [u8; 32]) {
+        let key = generate_key();
+        let digest = parse_key(&key.secret).map_or([0u8; 32], |(_, secret)| self.hash(secret));
+        (key, digest)
+    }
+
+    /// Splits a presented `sr_<id>_<secret>` key: its id and the keyed hash of its secret, to
+    /// compare (in constant time) with the stored one.
+    pub fn digest(&self, presented: &str) -> Option<(String, [u8; 32])> {
+        parse_key(presented).map(|(id, secret)| (id.to_string(), self.hash(secret)))
+    }
+
     /// Makes sure the `admin` account exists and `admin_key` is its bootstrap key.
     pub async fn ensure_bootstrap(&self, admin_key: &str) -> Result<(), GovError> {
         let mut client = self.pool.get().await?;

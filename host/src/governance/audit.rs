@@ -53,6 +53,9 @@ pub struct Event {
     pub counts: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
+    /// For connection calls: `<name>@<version>/<route>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
     pub status: u16,
     pub outcome: String,
 }

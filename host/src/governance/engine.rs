@@ -460,6 +460,19 @@ impl EntityStore {
         me
     }
 
+    pub fn connection(&mut self, name: &str) -> EntityUid {
+        let me = uid(Kind::Connection, name);
+        let role = uid(Kind::Role, "connection");
+        self.push(role.clone(), vec![], vec![], vec![]);
+        self.push(
+            me.clone(),
+            vec![("name".into(), s(name))],
+            vec![role],
+            vec![],
+        );
+        me
+    }
+
     pub fn system(&mut self) -> EntityUid {
         let me = uid(Kind::System, SYSTEM);
         self.push(me.clone(), vec![], vec![], vec![]);

@@ -88,10 +88,20 @@ impl CedarGate {
         gate
     }
 
+    /// A gate for a connection (principal `Connection::"<name>"`, role `connection`). The card
+    /// guardrail does not apply: plaintext flows into the third party's call.
+    pub fn for_connection(engine: Arc<PolicyEngine>, caller: Caller, purpose: String) -> CedarGate {
+        let mut gate = CedarGate::new(engine, caller, purpose, false);
+        gate.kind = Kind::Connection;
+        gate.roles = vec![uid(Kind::Role, "connection")];
+        gate
+    }
+
     fn principal(&self, store: &mut EntityStore) -> EntityUid {
         let account = &self.caller.account;
         match self.kind {
             Kind::Function => store.function(&account.name, &self.caller.key_id),
+            Kind::Connection => store.connection(&account.name),
             _ => store.service_account(&account.name, &account.roles, &account.attributes),
         }
     }

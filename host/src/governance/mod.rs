@@ -91,7 +91,11 @@ fn server_key_context(name: &str) -> Vec<u8> {
 }
 
 /// Loads the server key `name`, generating and storing it (wrapped) on first use.
-async fn server_key(pool: &Pool, ring: &MasterKeyRing, name: &str) -> Result<Key, GovError> {
+pub(crate) async fn server_key(
+    pool: &Pool,
+    ring: &MasterKeyRing,
+    name: &str,
+) -> Result<Key, GovError> {
     let client = pool.get().await?;
     let ctx = server_key_context(name);
     let fresh = Key::generate();
@@ -144,6 +148,7 @@ pub async fn rewrap_server_keys(
 pub enum Target<'a> {
     System,
     Vault(&'a str),
+    Connection(&'a str),
 }
 
 impl Governance {
@@ -266,6 +271,7 @@ impl Governance {
         let resource = match target {
             Target::System => store.system(),
             Target::Vault(v) => store.vault(v),
+            Target::Connection(c) => store.connection(c),
         };
         let facts = Facts {
             purpose,

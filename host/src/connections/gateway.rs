@@ -1,0 +1,894 @@
+//! One connection call, from the caller to the upstream and back.
+//!
+//! Outbound: match the route; detokenize its request locations as the connection's principal;
+//! run its request function; add the configured headers (secrets opened only here); forward;
+//! run the response function; tokenize the reply's locations; check that no plaintext revealed
+//! during the call returns to the caller. Inbound: authenticate with the connection's key (or
+//! rate-limit a public route); tokenize the request's locations; run the request function;
+//! sign and forward; return the upstream's reply.
+
+use super::ConnError;
+use super::config::{Kind, matches};
+use super::egress;
+use super::locations::{self, Found, Message, Selector};
+use super::service::{Compiled, CompiledRoute, ConnectionService};
+use crate::functions::sandbox::{Hook, HttpMessage};
+use crate::governance::accounts::{Account, Caller};
+use crate::governance::audit;
+use crate::governance::gate::CedarGate;
+use crate::vault::{Redaction, VaultError};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// Tokens or values handled in one call at most (one vault batch).
+const MAX_VALUES: usize = 1000;
+
+/// A request as the gateway receives it.
+pub struct CallRequest {
+    pub method: Method,
+    /// The path after `/v1/gateway/{connection}` (or `/v1/inbound/{connection}`), still
+    /// percent-encoded as received, starting with `/`.
+    pub raw_path: String,
+    pub raw_query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// What the gateway answers.
+pub struct CallResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Headers that describe one hop, not the message; never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers a connection's configuration may not set: the gateway owns them.
+pub fn is_reserved_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    HOP_BY_HOP.contains(&name.as_str())
+        || matches!(name.as_str(), "host" | "content-length")
+        || name.starts_with("x-strongroom-")
+}
+
+/// The caller's headers minus what must not travel on: its credentials, the hop's headers,
+/// our own, and the length (recomputed).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if is_reserved_header(n)
+            || n == "authorization"
+            || n == "cookie"
+            || n == "x-request-id"
+            || n == "accept-encoding"
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The upstream's headers minus the hop's and the length.
+fn returnable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "content-length" {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The connection's principal in Cedar: `Connection::"<name>"`, role `connection`.
+fn connection_caller(c: &Compiled) -> Caller {
+    Caller {
+        account: Arc::new(Account {
+            id: uuid::Uuid::nil(),
+            name: c.name.clone(),
+            roles: vec!["connection".into()],
+            attributes: BTreeMap::new(),
+        }),
+        key_id: format!("v{}", c.version),
+    }
+}
+
+fn location_error(e: locations::LocationError) -> ConnError {
+    ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+}
+
+fn to_wit(
+    method: &Method,
+    url: &str,
+    status: Option<StatusCode>,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> HttpMessage {
+    HttpMessage {
+        method: method.to_string(),
+        url: url.to_string(),
+        status: status.map(|s| s.as_u16()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    }
+}
+
+fn from_wit_headers(headers: &[(String, String)]) -> Result<HeaderMap, ConnError> {
+    let mut out = HeaderMap::new();
+    for (k, v) in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) else {
+            return Err(ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "function_error",
+                "the function returned a header that is not valid HTTP",
+            ));
+        };
+        out.append(name, value);
+    }
+    Ok(out)
+}
+
+/// Whether any revealed value appears in the message that returns to the caller.
+fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bool {
+    if revealed.is_empty() {
+        return false;
+    }
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for (k, v) in headers {
+        text.push_str(k.as_str());
+        text.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    revealed
+        .iter()
+        .any(|v| v.len() >= 4 && text.contains(v.as_str()))
+}
+
+impl ConnectionService {
+    fn route<'c>(
+        &self,
+        conn: &'c Compiled,
+        method: &Method,
+        raw_path: &str,
+    ) -> Result<&'c CompiledRoute, ConnError> {
+        let route = conn
+            .routes
+            .iter()
+            .find(|r| {
+                r.method.as_ref().is_none_or(|m| m == method) && matches(&r.template, raw_path)
+            })
+            .ok_or_else(|| {
+                ConnError::Vault(VaultError::NotFound(format!(
+                    "a route of connection `{}` for this method and path",
+                    conn.name
+                )))
+            })?;
+        let name = &conn.route(route.index).name;
+        audit::note(|e| e.connection = Some(format!("{}@{}/{}", conn.name, conn.version, name)));
+        Ok(route)
+    }
+
+    /// Runs a function on the call's path; its output replaces the message.
+    async fn run_function(
+        &self,
+        name: &str,
+        hook: Hook,
+        message: HttpMessage,
+        purpose: &str,
+        revealed: &mut Vec<Zeroizing<String>>,
+    ) -> Result<HttpMessage, ConnError> {
+        let t = self
+            .deps
+            .functions
+            .transform(name, hook, message, purpose)
+            .await
+            .map_err(|e| match e {
+                crate::functions::FunctionsError::NotFound(what) => ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "function_error",
+                    format!("the route's {what} is not available"),
+                ),
+                other => ConnError::Internal(other.to_string()),
+            })?;
+        audit::note(|e| {
+            e.function = Some(t.version.clone());
+            e.count("function_us", t.duration_us);
+        });
+        revealed.extend(t.revealed);
+        t.result.map_err(|f| {
+            let (status, code) = match (f.kind, f.message.split(':').next()) {
+                ("function_error", Some("bad request")) => {
+                    (StatusCode::BAD_REQUEST, "function_error")
+                }
+                ("function_error", Some("forbidden")) => (StatusCode::FORBIDDEN, "function_error"),
+                _ => (StatusCode::BAD_GATEWAY, "function_error"),
+            };
+            // A guest's message is its own text: it must not carry what it revealed, and its
+            // internal failures are logged, not shown.
+            let shown = f.message.starts_with("internal")
+                || revealed
+                    .iter()
+                    .any(|v| v.len() >= 4 && f.message.contains(v.as_str()));
+            let message = if shown {
+                format!("the function `{name}` failed ({})", f.kind)
+            } else {
+                format!("the function `{name}` refused the message: {}", f.message)
+            };
+            ConnError::call(status, code, message)
+        })
+    }
+
+    /// Forwards a request and reads the reply (up to the connection's body limit).
+    async fn forward(
+        &self,
+        conn: &Compiled,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<CallResponse, ConnError> {
+        let started = Instant::now();
+        let sent = conn
+            .client
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                audit::note(|ev| ev.count("upstream_ms", started.elapsed().as_millis() as u64));
+                return Err(upstream_failure(&e));
+            }
+        };
+        let status = resp.status();
+        let headers = returnable(resp.headers());
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > conn.config.max_body_bytes {
+                        return Err(ConnError::call(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            "the upstream's reply is larger than the connection's max_body_bytes",
+                        ));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(upstream_failure(&e)),
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        audit::note(|e| {
+            e.count("upstream_status", u64::from(status.as_u16()));
+            e.count("upstream_ms", ms);
+        });
+        Ok(CallResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Detokenizes the values found at the route's locations, as the connection.
+    async fn detokenize(
+        &self,
+        conn: &Compiled,
+        route: &CompiledRoute,
+        found: Vec<Found>,
+        purpose: &str,
+    ) -> Result<Vec<(Found, Zeroizing<String>)>, ConnError> {
+        let gate = CedarGate::for_connection(
+            self.deps.gov.engine(),
+            connection_caller(conn),
+            purpose.to_string(),
+        );
+        let all_vaults = || async {
+            self.deps
+                .vault
+                .list_vaults()
+                .await
+                .map(|list| list.into_iter().map(|v| v.name).collect::<Vec<String>>())
+        };
+        // Group by (level, vault): one vault call each.
+        let mut groups: HashMap<(Redaction, Option<String>), Vec<usize>> = HashMap::new();
+        for (i, f) in found.iter().enumerate() {
+            let (level, vault) = route.detokenize_levels[f.selector()].clone();
+            groups.entry((level, vault)).or_default().push(i);
+        }
+        let mut values: Vec<Option<Result<Zeroizing<String>, String>>> =
+            found.iter().map(|_| None).collect();
+        for ((level, vault), members) in groups {
+            let tokens: Vec<String> = members
+                .iter()
+                .map(|i| found[*i].value().to_string())
+                .collect();
+            let vaults = match vault {
+                Some(v) => vec![v],
+                None => all_vaults().await?,
+            };
+            for v in vaults {
+                let results = match self
+                    .deps
+                    .vault
+                    .detokenize_plain(&v, &tokens, level, &gate)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(VaultError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for (i, r) in members.iter().zip(results) {
+                    match (&values[*i], r) {
+                        (Some(Ok(_)), _) => {}
+                        (_, Ok(v)) => values[*i] = Some(Ok(v)),
+                        (Some(Err(code)), Err(_)) if code == "forbidden" => {}
+                        (_, Err(code)) => values[*i] = Some(Err(code)),
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for (f, v) in found.into_iter().zip(values) {
+            let location = route.detokenize[f.selector()].describe();
+            match v {
+                Some(Ok(value)) => out.push((f, value)),
+                Some(Err(code)) if code == "forbidden" => {
+                    return Err(ConnError::call(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!(
+                            "`{location}`: the connection's policies do not allow revealing this token"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(ConnError::call(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_token",
+                        format!(
+                            "`{location}` holds a value that is not a token this route can detokenize"
+                        ),
+                    ));
+                }
+            }
+        }
+        audit::note(|e| e.count("detokenized", out.len() as u64));
+        Ok(out)
+    }
+
+    /// Tokenizes the values found at `selectors` into their rules' columns, as the connection.
+    /// `reply`: the values come from the upstream (a failure is then the upstream's, 502).
+    async fn tokenize(
+        &self,
+        conn: &Compiled,
+        rules: &[super::config::TokenizeRule],
+        selectors: &[Selector],
+        found: Vec<Found>,
+        purpose: &str,
+        reply: bool,
+    ) -> Result<Vec<(Found, String)>, ConnError> {
+        let gate = CedarGate::for_connection(
+            self.deps.gov.engine(),
+            connection_caller(conn),
+            purpose.to_string(),
+        );
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, f) in found.iter().enumerate() {
+            groups.entry(f.selector()).or_default().push(i);
+        }
+        let mut tokens: Vec<Option<String>> = found.iter().map(|_| None).collect();
+        for (selector, members) in groups {
+            let rule = &rules[selector];
+            let location = selectors[selector].describe();
+            let values = members
+                .iter()
+                .map(|i| serde_json::Value::String(found[*i].value().to_string()))
+                .collect();
+            let issued = self
+                .deps
+                .vault
+                .tokenize(&rule.vault, &rule.table, &rule.column, values, &gate)
+                .await
+                .map_err(|e| {
+                    let (status, code) = if reply {
+                        (StatusCode::BAD_GATEWAY, "upstream_error")
+                    } else {
+                        (StatusCode::BAD_REQUEST, "invalid_request")
+                    };
+                    match e {
+                        VaultError::Invalid { details, .. } => ConnError::call(
+                            status,
+                            code,
+                            format!(
+                                "`{location}` is not a valid value for {}/{}/{}: {}",
+                                rule.vault,
+                                rule.table,
+                                rule.column,
+                                details.first().map_or("invalid", |d| d.reason.as_str())
+                            ),
+                        ),
+                        VaultError::Forbidden { .. } => ConnError::call(
+                            StatusCode::FORBIDDEN,
+                            "forbidden",
+                            format!(
+                                "`{location}`: the connection's policies do not allow tokenizing into {}/{}/{}",
+                                rule.vault, rule.table, rule.column
+                            ),
+                        ),
+                        other => ConnError::Vault(other),
+                    }
+                })?;
+            for (i, t) in members.iter().zip(issued) {
+                tokens[*i] = Some(t);
+            }
+        }
+        let out: Vec<(Found, String)> = found
+            .into_iter()
+            .zip(tokens)
+            .filter_map(|(f, t)| t.map(|t| (f, t)))
+            .collect();
+        audit::note(|e| e.count("tokenized", out.len() as u64));
+        Ok(out)
+    }
+
+    /// `ANY /v1/gateway/{connection}/{path…}`: the caller is already authenticated and allowed
+    /// to call this connection.
+    pub async fn call_outbound(
+        &self,
+        name: &str,
+        purpose: &str,
+        req: CallRequest,
+    ) -> Result<CallResponse, ConnError> {
+        let conn = self.active(name).await?;
+        if conn.config.kind != Kind::Outbound {
+            return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
+        }
+        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let config = conn.route(route.index);
+        if req.body.len() > conn.config.max_body_bytes {
+            return Err(ConnError::call(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the connection's max_body_bytes",
+            ));
+        }
+        let mut headers = forwardable(&req.headers);
+        let mut query = req.raw_query.clone().unwrap_or_default();
+        let mut body = req.body;
+        let mut revealed: Vec<Zeroizing<String>> = Vec::new();
+
+        // 1. Tokens to values, as the connection.
+        if !route.detokenize.is_empty() {
+            let mut msg = Message {
+                headers: &mut headers,
+                query: Some(&mut query),
+                body: &mut body,
+            };
+            let found = locations::collect(&msg, &route.detokenize).map_err(location_error)?;
+            if found.len() > MAX_VALUES {
+                return Err(ConnError::call(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("at most {MAX_VALUES} tokens per call"),
+                ));
+            }
+            if !found.is_empty() {
+                let values = self.detokenize(&conn, route, found, purpose).await?;
+                let mut edits = Vec::with_capacity(values.len());
+                for (f, v) in values {
+                    edits.push((f, v.as_str().to_string()));
+                    revealed.push(v);
+                }
+                locations::replace(&mut msg, &route.detokenize, edits).map_err(location_error)?;
+            }
+        }
+
+        // 2. Where it goes (the caller's path may not leave the base URL).
+        let query = (!query.is_empty()).then_some(query);
+        let mut url =
+            egress::join_path(&conn.base, &req.raw_path, query.as_deref()).map_err(|e| {
+                ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            })?;
+        let mut method = req.method;
+
+        // 3. The request function.
+        if let Some(f) = &config.request.function {
+            let msg = to_wit(
+                &method,
+                url.as_str(),
+                None,
+                &headers,
+                std::mem::take(&mut body),
+            );
+            let out = self
+                .run_function(f, Hook::Request, msg, purpose, &mut revealed)
+                .await?;
+            if out.url != url.as_str() {
+                url = self.function_url(&conn, &out.url)?;
+            }
+            method = Method::from_bytes(out.method.as_bytes()).map_err(|_| {
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "function_error",
+                    "the function returned an invalid method",
+                )
+            })?;
+            headers = forwardable(&from_wit_headers(&out.headers)?);
+            body = out.body;
+        }
+
+        // 4. The connection's own headers, secrets opened for this call only.
+        self.add_configured_headers(&conn, &mut headers, &mut revealed)
+            .await?;
+
+        // 5. The third party.
+        let mut resp = self
+            .forward(&conn, method.clone(), url.clone(), headers, body)
+            .await?;
+
+        // 6. The response function, then values to tokens.
+        if let Some(f) = &config.response.function {
+            let msg = to_wit(
+                &method,
+                url.as_str(),
+                Some(resp.status),
+                &resp.headers,
+                std::mem::take(&mut resp.body),
+            );
+            let out = self
+                .run_function(f, Hook::Response, msg, purpose, &mut revealed)
+                .await?;
+            resp.status = out
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(resp.status);
+            resp.headers = returnable(&from_wit_headers(&out.headers)?);
+            resp.body = out.body;
+        }
+        if !route.tokenize_response.is_empty() {
+            let mut msg = Message {
+                headers: &mut resp.headers,
+                query: None,
+                body: &mut resp.body,
+            };
+            let found = locations::collect(&msg, &route.tokenize_response).map_err(|e| {
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("the upstream's reply: {e}"),
+                )
+            })?;
+            if found.len() > MAX_VALUES {
+                return Err(ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("the upstream's reply holds more than {MAX_VALUES} values to tokenize"),
+                ));
+            }
+            if !found.is_empty() {
+                let edits = self
+                    .tokenize(
+                        &conn,
+                        &config.response.tokenize,
+                        &route.tokenize_response,
+                        found,
+                        purpose,
+                        true,
+                    )
+                    .await?;
+                locations::replace(&mut msg, &route.tokenize_response, edits).map_err(|e| {
+                    ConnError::call(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        format!("the upstream's reply: {e}"),
+                    )
+                })?;
+            }
+        }
+
+        // 7. Nothing revealed goes back.
+        if leaks(&resp.headers, &resp.body, &revealed) {
+            audit::note(|e| e.count("egress_blocked", 1));
+            return Err(ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "egress_blocked",
+                "the reply would carry a value revealed for this call back to the caller; tokenize it in the route's response rules",
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// A URL a request function chose: the same origin, under the base path.
+    fn function_url(&self, conn: &Compiled, raw: &str) -> Result<url::Url, ConnError> {
+        let refused = || {
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "function_error",
+                "the function's URL leaves the connection's base URL",
+            )
+        };
+        let url = url::Url::parse(raw).map_err(|_| refused())?;
+        if url.origin() != conn.base.origin() {
+            return Err(refused());
+        }
+        let base_path = conn.base.path().trim_end_matches('/');
+        let rest = url.path().strip_prefix(base_path).ok_or_else(refused)?;
+        let rest = if rest.is_empty() { "/" } else { rest };
+        if !rest.starts_with('/') {
+            return Err(refused());
+        }
+        egress::join_path(&conn.base, rest, url.query()).map_err(|_| refused())
+    }
+
+    async fn add_configured_headers(
+        &self,
+        conn: &Compiled,
+        headers: &mut HeaderMap,
+        revealed: &mut Vec<Zeroizing<String>>,
+    ) -> Result<(), ConnError> {
+        if conn.config.headers.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = conn
+            .config
+            .headers
+            .values()
+            .flat_map(|v| super::config::secret_refs(v).unwrap_or_default())
+            .collect();
+        let secrets = self.secrets(&names).await?;
+        for (name, template) in &conn.config.headers {
+            let mut value = Zeroizing::new(template.clone());
+            for (secret, plain) in &secrets {
+                let needle = format!("{{{{secret.{secret}}}}}");
+                if value.contains(&needle) {
+                    *value = value.replace(&needle, plain.as_str());
+                }
+            }
+            let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) else {
+                return Err(ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!(
+                        "the connection's header `{name}` is not valid HTTP once its secrets are filled in"
+                    ),
+                ));
+            };
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        revealed.extend(secrets.into_values());
+        Ok(())
+    }
+
+    /// `ANY /v1/inbound/{connection}/{path…}`: authenticated here, with the connection's own
+    /// key, unless the route is public.
+    pub async fn call_inbound(
+        &self,
+        name: &str,
+        client: IpAddr,
+        req: CallRequest,
+    ) -> Result<CallResponse, ConnError> {
+        let conn = self.active(name).await?;
+        if conn.config.kind != Kind::Inbound {
+            return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
+        }
+        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let config = conn.route(route.index);
+        audit::note(|e| {
+            e.action = "inbound_connection".into();
+            e.principal = Some(format!("connection:{name}"));
+        });
+        if config.public {
+            let per_minute = conn.config.rate_limit.as_ref().map_or(60, |r| r.per_minute);
+            if !self.limiter.allow(name, client, per_minute) {
+                return Err(ConnError::call(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many calls to this public route; try again in a minute",
+                ));
+            }
+        } else {
+            let presented = req
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .unwrap_or_default();
+            match self.check_key(name, presented).await? {
+                Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
+                None => {
+                    return Err(ConnError::call(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "this route needs the connection's key: send `Authorization: Bearer <key>`",
+                    ));
+                }
+            }
+        }
+        if req.body.len() > conn.config.max_body_bytes {
+            return Err(ConnError::call(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the connection's max_body_bytes",
+            ));
+        }
+        let mut headers = forwardable(&req.headers);
+        let mut query = req.raw_query.clone().unwrap_or_default();
+        let mut body = req.body;
+        if !route.tokenize_request.is_empty() {
+            let mut msg = Message {
+                headers: &mut headers,
+                query: Some(&mut query),
+                body: &mut body,
+            };
+            let found =
+                locations::collect(&msg, &route.tokenize_request).map_err(location_error)?;
+            if found.len() > MAX_VALUES {
+                return Err(ConnError::call(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("at most {MAX_VALUES} values per call"),
+                ));
+            }
+            if !found.is_empty() {
+                let edits = self
+                    .tokenize(
+                        &conn,
+                        &config.request.tokenize,
+                        &route.tokenize_request,
+                        found,
+                        "",
+                        false,
+                    )
+                    .await?;
+                locations::replace(&mut msg, &route.tokenize_request, edits)
+                    .map_err(location_error)?;
+            }
+        }
+        let query = (!query.is_empty()).then_some(query);
+        let mut url =
+            egress::join_path(&conn.base, &req.raw_path, query.as_deref()).map_err(|e| {
+                ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            })?;
+        let mut method = req.method;
+        let mut revealed = Vec::new();
+        if let Some(f) = &config.request.function {
+            let msg = to_wit(
+                &method,
+                url.as_str(),
+                None,
+                &headers,
+                std::mem::take(&mut body),
+            );
+            let out = self
+                .run_function(f, Hook::Request, msg, "", &mut revealed)
+                .await?;
+            if out.url != url.as_str() {
+                url = self.function_url(&conn, &out.url)?;
+            }
+            method = Method::from_bytes(out.method.as_bytes()).map_err(|_| {
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "function_error",
+                    "the function returned an invalid method",
+                )
+            })?;
+            headers = forwardable(&from_wit_headers(&out.headers)?);
+            body = out.body;
+        }
+        headers.insert(
+            HeaderName::from_static("x-strongroom-connection"),
+            HeaderValue::from_str(name)
+                .map_err(|_| ConnError::Internal("connection name".into()))?,
+        );
+        if let Some(secret) = &conn.config.signing_secret {
+            let secrets = self.secrets(&[secret.as_str()]).await?;
+            let key = secrets
+                .get(secret.as_str())
+                .ok_or_else(|| ConnError::Internal("signing secret".into()))?;
+            let t = chrono::Utc::now().timestamp();
+            let signature = sign(key.as_bytes(), t, &body);
+            headers.insert(
+                HeaderName::from_static("x-strongroom-signature"),
+                HeaderValue::from_str(&format!("t={t},v1={signature}"))
+                    .map_err(|_| ConnError::Internal("signature header".into()))?,
+            );
+        }
+        self.add_configured_headers(&conn, &mut headers, &mut revealed)
+            .await?;
+        let resp = self.forward(&conn, method, url, headers, body).await?;
+        if leaks(&resp.headers, &resp.body, &revealed) {
+            audit::note(|e| e.count("egress_blocked", 1));
+            return Err(ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "egress_blocked",
+                "the reply would carry a value revealed for this call back to the caller",
+            ));
+        }
+        Ok(resp)
+    }
+}
+
+/// `hex(HMAC-SHA256(secret, "<t>." || body))`: what an upstream recomputes to verify an inbound
+/// request came through the vault (and when, against replays).
+pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A failed forward, as the caller sees it: 504 on a timeout, 502 otherwise, naming the egress
+/// rule when the guard refused the address.
+fn upstream_failure(e: &reqwest::Error) -> ConnError {
+    if e.is_timeout() {
+        return ConnError::call(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        );
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(egress) = s.downcast_ref::<egress::EgressError>() {
+            return ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the upstream is refused: {egress}"),
+            );
+        }
+        source = s.source();
+    }
+    ConnError::call(
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        if e.is_connect() {
+            "could not connect to the upstream"
+        } else {
+            "the upstream's reply could not be read"
+        },
+    )
+}

@@ -1,0 +1,774 @@
+//! Connections as stored things: versions, validation against the vaults and functions they
+//! name, the secret store, inbound keys, and the compiled form the gateway runs.
+
+use super::config::{ConnectionConfig, Kind, Segment, parse_template, secret_refs};
+use super::egress::{self, EgressPolicy};
+use super::locations::Selector;
+use super::{ConnError, Deps};
+use crate::crypto::{Key, constant_time_eq, open, seal};
+use crate::vault::{Detail, Redaction, VaultError};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use zeroize::Zeroizing;
+
+/// A version compiled for calls: parsed URL, route templates and selectors, its HTTP client.
+pub struct Compiled {
+    pub name: String,
+    pub version: i32,
+    pub config: ConnectionConfig,
+    pub base: url::Url,
+    pub routes: Vec<CompiledRoute>,
+    pub client: reqwest::Client,
+}
+
+pub struct CompiledRoute {
+    pub index: usize,
+    pub method: Option<http::Method>,
+    pub template: Vec<Segment>,
+    /// Outbound request detokenize: selector, level, vault (rule's or connection's).
+    pub detokenize: Vec<Selector>,
+    pub detokenize_levels: Vec<(Redaction, Option<String>)>,
+    /// Inbound request tokenize.
+    pub tokenize_request: Vec<Selector>,
+    pub tokenize_response: Vec<Selector>,
+}
+
+impl Compiled {
+    pub fn route(&self, i: usize) -> &super::config::Route {
+        &self.config.routes[i]
+    }
+}
+
+/// Fixed one-minute windows per (connection, client address), for public inbound routes.
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<(String, std::net::IpAddr), (i64, u32)>>,
+}
+
+impl RateLimiter {
+    /// Counts a call; false when over `per_minute` in the current minute.
+    pub fn allow(&self, connection: &str, addr: std::net::IpAddr, per_minute: u32) -> bool {
+        let minute = Utc::now().timestamp() / 60;
+        let Ok(mut w) = self.windows.lock() else {
+            return false;
+        };
+        if w.len() > 100_000 {
+            w.retain(|_, (m, _)| *m == minute);
+        }
+        let entry = w
+            .entry((connection.to_string(), addr))
+            .or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= per_minute
+    }
+}
+
+/// Connections: configuration, secrets, keys and the compiled versions the gateway uses.
+pub struct ConnectionService {
+    pub(super) pool: Pool,
+    pub(super) deps: Deps,
+    pub(super) egress: Arc<EgressPolicy>,
+    secrets_key: Key,
+    compiled: RwLock<HashMap<String, Arc<Compiled>>>,
+    pub(super) limiter: RateLimiter,
+}
+
+fn invalid(details: Vec<Detail>) -> ConnError {
+    ConnError::Vault(VaultError::invalid(
+        "the connection is not valid; see details",
+        details,
+    ))
+}
+
+fn not_found(what: String) -> ConnError {
+    ConnError::Vault(VaultError::NotFound(what))
+}
+
+impl ConnectionService {
+    pub fn new(pool: Pool, deps: Deps, egress: EgressPolicy, secrets_key: Key) -> Self {
+        ConnectionService {
+            pool,
+            deps,
+            egress: Arc::new(egress),
+            secrets_key,
+            compiled: RwLock::default(),
+            limiter: RateLimiter::default(),
+        }
+    }
+
+    // ---- secrets -------------------------------------------------------------------------
+
+    /// `PUT /v1/secrets/{name}`.
+    pub async fn put_secret(&self, name: &str, value: &str) -> Result<Value, ConnError> {
+        if !crate::vault::schema::valid_name(name) {
+            return Err(invalid(vec![Detail::field(
+                "name",
+                "must match ^[a-z][a-z0-9_-]{0,62}$",
+            )]));
+        }
+        if value.is_empty() || value.len() > 64 * 1024 {
+            return Err(invalid(vec![Detail::field(
+                "value",
+                "must be 1 to 65536 bytes",
+            )]));
+        }
+        let sealed = seal(&self.secrets_key, value.as_bytes(), &secret_aad(name));
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let row = client
+            .query_one(
+                "INSERT INTO secrets (name, sealed) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET sealed = EXCLUDED.sealed, updated_at = now()
+                 RETURNING updated_at",
+                &[&name, &sealed],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        // Clients built with the old value (a TLS client key) must be rebuilt.
+        self.forget_all();
+        let at: DateTime<Utc> = row.get(0);
+        Ok(json!({"name": name, "updated_at": at}))
+    }
+
+    /// `GET /v1/secrets`: names only.
+    pub async fn list_secrets(&self) -> Result<Value, ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let rows = client
+            .query("SELECT name, updated_at FROM secrets ORDER BY name", &[])
+            .await
+            .map_err(VaultError::from)?;
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"name": r.get::<_, String>(0), "updated_at": r.get::<_, DateTime<Utc>>(1)}))
+            .collect();
+        Ok(json!({"secrets": list}))
+    }
+
+    /// `DELETE /v1/secrets/{name}`.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let n = client
+            .execute("DELETE FROM secrets WHERE name = $1", &[&name])
+            .await
+            .map_err(VaultError::from)?;
+        if n == 0 {
+            return Err(not_found(format!("secret `{name}`")));
+        }
+        self.forget_all();
+        Ok(())
+    }
+
+    /// The values of `names`, opened. Missing ones are an error naming the secret.
+    pub(super) async fn secrets(
+        &self,
+        names: &[&str],
+    ) -> Result<HashMap<String, Zeroizing<String>>, ConnError> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT name, sealed FROM secrets WHERE name = ANY($1)")
+                    .await
+                    .map_err(VaultError::from)?,
+                &[&wanted],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let sealed: Vec<u8> = row.get(1);
+            let plain = open(&self.secrets_key, &sealed, &secret_aad(&name))
+                .map_err(|_| ConnError::Vault(VaultError::Integrity))?;
+            let text = String::from_utf8(plain.to_vec())
+                .map_err(|_| ConnError::Vault(VaultError::Integrity))?;
+            out.insert(name, Zeroizing::new(text));
+        }
+        if let Some(missing) = names.iter().find(|n| !out.contains_key(**n)) {
+            return Err(ConnError::Upstream {
+                status: http::StatusCode::BAD_GATEWAY,
+                code: "upstream_error",
+                message: format!(
+                    "the connection refers to secret `{missing}`, which does not exist"
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- configuration -------------------------------------------------------------------
+
+    /// Validates a configuration against the vaults, functions and secrets it names.
+    async fn validate(&self, c: &ConnectionConfig) -> Result<(), ConnError> {
+        let mut details = Vec::new();
+        super::config::check_shape(c, |field, reason| {
+            details.push(Detail::field(field, reason))
+        });
+        let url = match c.kind {
+            Kind::Outbound => c.base_url.as_deref().map(|u| ("base_url", u)),
+            Kind::Inbound => c.upstream.as_deref().map(|u| ("upstream", u)),
+        };
+        if let Some((field, raw)) = url {
+            match egress::validate_base_url(raw, &self.egress) {
+                Ok(url) => {
+                    if let Err(e) = egress::check_url_now(&url, &self.egress).await {
+                        details.push(Detail::field(field, e.to_string()));
+                    }
+                }
+                Err(e) => details.push(Detail::field(field, e.to_string())),
+            }
+        }
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let mut secrets: Vec<(String, &str)> = Vec::new();
+        for (name, value) in &c.headers {
+            for s in secret_refs(value).unwrap_or_default() {
+                secrets.push((format!("headers.{name}"), s));
+            }
+        }
+        if let Some(s) = &c.signing_secret {
+            secrets.push(("signing_secret".into(), s));
+        }
+        if let Some(s) = c.tls.as_ref().and_then(|t| t.client_key_secret.as_deref()) {
+            secrets.push(("tls.client_key_secret".into(), s));
+        }
+        for (field, name) in secrets {
+            let exists = client
+                .query_opt("SELECT 1 FROM secrets WHERE name = $1", &[&name])
+                .await
+                .map_err(VaultError::from)?
+                .is_some();
+            if !exists {
+                details.push(Detail::field(
+                    field,
+                    format!(
+                        "refers to secret `{name}`, which does not exist (PUT /v1/secrets/{name})"
+                    ),
+                ));
+            }
+        }
+        if let Some(tls) = &c.tls {
+            if let Some(pem) = &tls.ca_pem
+                && reqwest::Certificate::from_pem_bundle(pem.as_bytes()).is_err()
+            {
+                details.push(Detail::field(
+                    "tls.ca_pem",
+                    "is not a PEM certificate bundle",
+                ));
+            }
+            if tls.client_cert_pem.is_some() != tls.client_key_secret.is_some() {
+                details.push(Detail::field(
+                    "tls",
+                    "client_cert_pem and client_key_secret go together",
+                ));
+            }
+        }
+        if let Some(v) = &c.vault
+            && self.deps.vault.load(v).await.is_err()
+        {
+            details.push(Detail::field(
+                "vault",
+                format!("vault `{v}` does not exist"),
+            ));
+        }
+        for (i, r) in c.routes.iter().enumerate() {
+            for (hook, f) in [
+                ("request", &r.request.function),
+                ("response", &r.response.function),
+            ] {
+                let Some(f) = f else { continue };
+                let exists = client
+                    .query_opt("SELECT 1 FROM functions WHERE name = $1", &[f])
+                    .await
+                    .map_err(VaultError::from)?
+                    .is_some();
+                if !exists {
+                    details.push(Detail::field(
+                        format!("routes[{i}].{hook}.function"),
+                        format!("function `{f}` does not exist"),
+                    ));
+                }
+            }
+            for (j, d) in r.request.detokenize.iter().enumerate() {
+                if let Some(v) = &d.vault
+                    && self.deps.vault.load(v).await.is_err()
+                {
+                    details.push(Detail::field(
+                        format!("routes[{i}].request.detokenize[{j}].vault"),
+                        format!("vault `{v}` does not exist"),
+                    ));
+                }
+            }
+            let rules = r
+                .request
+                .tokenize
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (format!("routes[{i}].request.tokenize[{j}]"), t))
+                .chain(
+                    r.response
+                        .tokenize
+                        .iter()
+                        .enumerate()
+                        .map(|(j, t)| (format!("routes[{i}].response.tokenize[{j}]"), t)),
+                );
+            for (at, t) in rules {
+                let problem = match self.deps.vault.load(&t.vault).await {
+                    Err(_) => Some(("vault", format!("vault `{}` does not exist", t.vault))),
+                    Ok(v) => match v.table(&t.table) {
+                        Err(_) => Some(("table", format!("table `{}` does not exist", t.table))),
+                        Ok(table) => match table.column(&t.column) {
+                            None => {
+                                Some(("column", format!("column `{}` does not exist", t.column)))
+                            }
+                            Some(col) if col.tokenization == crate::tokens::Tokenization::None => {
+                                Some(("column", format!("column `{}` is not tokenized", t.column)))
+                            }
+                            Some(_) => None,
+                        },
+                    },
+                };
+                if let Some((field, reason)) = problem {
+                    details.push(Detail::field(format!("{at}.{field}"), reason));
+                }
+            }
+        }
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(details))
+        }
+    }
+
+    /// `POST /v1/connections`: stores version 1; an inbound connection gets its first key.
+    pub async fn create(&self, c: ConnectionConfig) -> Result<Value, ConnError> {
+        self.validate(&c).await?;
+        let mut client = self.pool.get().await.map_err(VaultError::from)?;
+        let tx = client.transaction().await.map_err(VaultError::from)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO connections (name, kind, active_version) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING",
+                &[&c.name, &c.kind.as_str()],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        if inserted == 0 {
+            return Err(ConnError::Vault(VaultError::Conflict {
+                message: format!("connection `{}` already exists", c.name),
+                details: vec![Detail::field("name", "is taken")],
+            }));
+        }
+        let config = serde_json::to_value(&c).map_err(|e| ConnError::Internal(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO connection_versions (name, version, config) VALUES ($1, 1, $2)",
+            &[&c.name, &config],
+        )
+        .await
+        .map_err(VaultError::from)?;
+        let key = match c.kind {
+            Kind::Inbound => Some(self.insert_key(&tx, &c.name).await?),
+            Kind::Outbound => None,
+        };
+        tx.commit().await.map_err(VaultError::from)?;
+        let mut view = self.view(&c.name, 1, 1, config);
+        if let Some((id, secret)) = key {
+            view["api_key"] = json!(secret.as_str());
+            view["key_id"] = json!(id);
+        }
+        Ok(view)
+    }
+
+    fn view(&self, name: &str, version: i32, active: i32, mut config: Value) -> Value {
+        config["name"] = json!(name);
+        config["version"] = json!(version);
+        config["active_version"] = json!(active);
+        config
+    }
+
+    /// `PUT /v1/connections/{name}`: a new version, active at once.
+    pub async fn update(&self, name: &str, c: ConnectionConfig) -> Result<Value, ConnError> {
+        if c.name != name {
+            return Err(invalid(vec![Detail::field(
+                "name",
+                "must be the connection's name (connections are not renamed)",
+            )]));
+        }
+        self.validate(&c).await?;
+        let mut client = self.pool.get().await.map_err(VaultError::from)?;
+        let tx = client.transaction().await.map_err(VaultError::from)?;
+        let row = tx
+            .query_opt(
+                "SELECT kind, (SELECT max(version) FROM connection_versions WHERE name = $1)
+                 FROM connections WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(VaultError::from)?
+            .ok_or_else(|| not_found(format!("connection `{name}`")))?;
+        let kind: String = row.get(0);
+        if kind != c.kind.as_str() {
+            return Err(invalid(vec![Detail::field(
+                "kind",
+                "cannot change; create a new connection",
+            )]));
+        }
+        let version: i32 = row.get::<_, i32>(1) + 1;
+        let config = serde_json::to_value(&c).map_err(|e| ConnError::Internal(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO connection_versions (name, version, config) VALUES ($1, $2, $3)",
+            &[&name, &version, &config],
+        )
+        .await
+        .map_err(VaultError::from)?;
+        tx.execute(
+            "UPDATE connections SET active_version = $2, updated_at = now() WHERE name = $1",
+            &[&name, &version],
+        )
+        .await
+        .map_err(VaultError::from)?;
+        tx.commit().await.map_err(VaultError::from)?;
+        self.forget(name);
+        Ok(self.view(name, version, version, config))
+    }
+
+    /// `POST /v1/connections/{name}/activate`.
+    pub async fn activate(&self, name: &str, version: i32) -> Result<Value, ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let n = client
+            .execute(
+                "UPDATE connections SET active_version = $2, updated_at = now()
+                 WHERE name = $1 AND EXISTS (SELECT 1 FROM connection_versions WHERE name = $1 AND version = $2)",
+                &[&name, &version],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        if n == 0 {
+            return Err(not_found(format!("connection `{name}` version {version}")));
+        }
+        self.forget(name);
+        self.get(name).await
+    }
+
+    /// `GET /v1/connections/{name}`: the active configuration and the versions.
+    pub async fn get(&self, name: &str) -> Result<Value, ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let row = client
+            .query_opt(
+                "SELECT c.active_version, v.config FROM connections c
+                 JOIN connection_versions v ON v.name = c.name AND v.version = c.active_version
+                 WHERE c.name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(VaultError::from)?
+            .ok_or_else(|| not_found(format!("connection `{name}`")))?;
+        let active: i32 = row.get(0);
+        let mut view = self.view(name, active, active, row.get(1));
+        let versions = client
+            .query(
+                "SELECT version, created_at FROM connection_versions WHERE name = $1 ORDER BY version",
+                &[&name],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        view["versions"] = versions
+            .iter()
+            .map(|r| json!({"version": r.get::<_, i32>(0), "created_at": r.get::<_, DateTime<Utc>>(1)}))
+            .collect();
+        let keys = client
+            .query(
+                "SELECT key_id, created_at FROM connection_keys WHERE connection = $1 AND revoked_at IS NULL ORDER BY created_at",
+                &[&name],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        if !keys.is_empty() {
+            view["keys"] = keys
+                .iter()
+                .map(|r| json!({"key_id": r.get::<_, String>(0), "created_at": r.get::<_, DateTime<Utc>>(1)}))
+                .collect();
+        }
+        Ok(view)
+    }
+
+    /// `GET /v1/connections`.
+    pub async fn list(&self) -> Result<Value, ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let rows = client
+            .query(
+                "SELECT c.name, c.active_version, v.config FROM connections c
+                 JOIN connection_versions v ON v.name = c.name AND v.version = c.active_version
+                 ORDER BY c.name",
+                &[],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let active: i32 = r.get(1);
+                self.view(&r.get::<_, String>(0), active, active, r.get(2))
+            })
+            .collect();
+        Ok(json!({"connections": list}))
+    }
+
+    /// `DELETE /v1/connections/{name}`.
+    pub async fn delete(&self, name: &str) -> Result<(), ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let n = client
+            .execute("DELETE FROM connections WHERE name = $1", &[&name])
+            .await
+            .map_err(VaultError::from)?;
+        if n == 0 {
+            return Err(not_found(format!("connection `{name}`")));
+        }
+        self.forget(name);
+        Ok(())
+    }
+
+    // ---- inbound keys --------------------------------------------------------------------
+
+    async fn insert_key(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        connection: &str,
+    ) -> Result<(String, Zeroizing<String>), ConnError> {
+        let (key, digest) = self.deps.gov.accounts.mint();
+        client
+            .execute(
+                "INSERT INTO connection_keys (key_id, connection, hash) VALUES ($1, $2, $3)",
+                &[&key.id, &connection, &digest.to_vec()],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        Ok((key.id, key.secret))
+    }
+
+    /// `POST /v1/connections/{name}/keys`.
+    pub async fn add_key(&self, name: &str) -> Result<Value, ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let kind: Option<String> = client
+            .query_opt("SELECT kind FROM connections WHERE name = $1", &[&name])
+            .await
+            .map_err(VaultError::from)?
+            .map(|r| r.get(0));
+        match kind.as_deref() {
+            None => return Err(not_found(format!("connection `{name}`"))),
+            Some("inbound") => {}
+            Some(_) => {
+                return Err(invalid(vec![Detail::field(
+                    "name",
+                    "only inbound connections have keys; outbound ones are called with service-account keys",
+                )]));
+            }
+        }
+        let (id, secret) = self.insert_key(&client, name).await?;
+        Ok(json!({"key_id": id, "api_key": secret.as_str()}))
+    }
+
+    /// `DELETE /v1/connections/{name}/keys/{key_id}`.
+    pub async fn revoke_key(&self, name: &str, key_id: &str) -> Result<(), ConnError> {
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let n = client
+            .execute(
+                "UPDATE connection_keys SET revoked_at = now() WHERE connection = $1 AND key_id = $2 AND revoked_at IS NULL",
+                &[&name, &key_id],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        if n == 0 {
+            return Err(not_found(format!("key `{key_id}`")));
+        }
+        Ok(())
+    }
+
+    /// Whether `presented` is a live key of inbound connection `name`; the key id if so.
+    pub(super) async fn check_key(
+        &self,
+        name: &str,
+        presented: &str,
+    ) -> Result<Option<String>, ConnError> {
+        let Some((key_id, digest)) = self.deps.gov.accounts.digest(presented) else {
+            return Ok(None);
+        };
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT hash FROM connection_keys WHERE key_id = $1 AND connection = $2 AND revoked_at IS NULL",
+                    )
+                    .await
+                    .map_err(VaultError::from)?,
+                &[&key_id, &name],
+            )
+            .await
+            .map_err(VaultError::from)?;
+        // INVARIANT: compared in constant time, as keyed hashes.
+        Ok(row
+            .filter(|r| constant_time_eq(&digest, &r.get::<_, Vec<u8>>(0)))
+            .map(|_| key_id))
+    }
+
+    // ---- compiled versions ---------------------------------------------------------------
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut c) = self.compiled.write() {
+            c.remove(name);
+        }
+    }
+
+    fn forget_all(&self) {
+        if let Ok(mut c) = self.compiled.write() {
+            c.clear();
+        }
+    }
+
+    /// The active version of `name`, compiled (cached until the connection changes).
+    pub(super) async fn active(&self, name: &str) -> Result<Arc<Compiled>, ConnError> {
+        if let Some(c) = self.compiled.read().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(c);
+        }
+        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let row = client
+            .query_opt(
+                "SELECT c.active_version, v.config FROM connections c
+                 JOIN connection_versions v ON v.name = c.name AND v.version = c.active_version
+                 WHERE c.name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(VaultError::from)?
+            .ok_or_else(|| not_found(format!("connection `{name}`")))?;
+        let version: i32 = row.get(0);
+        let config: ConnectionConfig = serde_json::from_value(row.get(1))
+            .map_err(|_| ConnError::Internal("a stored connection does not parse".into()))?;
+        let compiled = Arc::new(self.compile(version, config).await?);
+        if let Ok(mut c) = self.compiled.write() {
+            c.insert(name.to_string(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    async fn compile(&self, version: i32, config: ConnectionConfig) -> Result<Compiled, ConnError> {
+        let internal = |what: &str| ConnError::Internal(format!("stored connection: {what}"));
+        let raw = match config.kind {
+            Kind::Outbound => config.base_url.as_deref(),
+            Kind::Inbound => config.upstream.as_deref(),
+        }
+        .ok_or_else(|| internal("no URL"))?;
+        // Checked again here: the operator's allow-lists may have changed since it was stored.
+        let base =
+            egress::validate_base_url(raw, &self.egress).map_err(|e| ConnError::Upstream {
+                status: http::StatusCode::BAD_GATEWAY,
+                code: "upstream_error",
+                message: format!("the connection's URL is refused: {e}"),
+            })?;
+        let mut routes = Vec::new();
+        for (index, r) in config.routes.iter().enumerate() {
+            let selectors = |rules: Vec<(super::locations::Place, &str)>| {
+                rules
+                    .into_iter()
+                    .map(|(place, path)| Selector::parse(place, path))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| internal("a location does not parse"))
+            };
+            routes.push(CompiledRoute {
+                index,
+                method: match r.method.as_str() {
+                    "*" => None,
+                    m => Some(
+                        http::Method::from_bytes(m.as_bytes()).map_err(|_| internal("method"))?,
+                    ),
+                },
+                template: parse_template(&r.path).map_err(|_| internal("path"))?,
+                detokenize: selectors(
+                    r.request
+                        .detokenize
+                        .iter()
+                        .map(|d| (d.location, d.path.as_str()))
+                        .collect(),
+                )?,
+                detokenize_levels: r
+                    .request
+                    .detokenize
+                    .iter()
+                    .map(|d| {
+                        (
+                            Redaction::parse(&d.redaction).unwrap_or(Redaction::Redacted),
+                            d.vault.clone().or_else(|| config.vault.clone()),
+                        )
+                    })
+                    .collect(),
+                tokenize_request: selectors(
+                    r.request
+                        .tokenize
+                        .iter()
+                        .map(|t| (t.location, t.path.as_str()))
+                        .collect(),
+                )?,
+                tokenize_response: selectors(
+                    r.response
+                        .tokenize
+                        .iter()
+                        .map(|t| (t.location, t.path.as_str()))
+                        .collect(),
+                )?,
+            });
+        }
+        let mut builder = egress::client_builder(self.egress.clone())
+            .connect_timeout(std::time::Duration::from_millis(config.timeouts.connect_ms))
+            .timeout(std::time::Duration::from_millis(config.timeouts.total_ms))
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .tcp_nodelay(true);
+        if let Some(tls) = &config.tls {
+            if let Some(pem) = &tls.ca_pem {
+                for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                    .map_err(|_| internal("CA bundle"))?
+                {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            if let (Some(cert), Some(key)) = (&tls.client_cert_pem, &tls.client_key_secret) {
+                let secrets = self.secrets(&[key.as_str()]).await?;
+                let key_pem = secrets
+                    .get(key.as_str())
+                    .ok_or_else(|| internal("client key"))?;
+                let mut pem = Zeroizing::new(cert.clone().into_bytes());
+                pem.push(b'\n');
+                pem.extend_from_slice(key_pem.as_bytes());
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|_| ConnError::Upstream {
+                        status: http::StatusCode::BAD_GATEWAY,
+                        code: "upstream_error",
+                        message: "the connection's client certificate or key does not parse".into(),
+                    })?;
+                builder = builder.identity(identity);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|_| internal("the HTTP client could not be built"))?;
+        Ok(Compiled {
+            name: config.name.clone(),
+            version,
+            config,
+            base,
+            routes,
+            client,
+        })
+    }
+}
+
+fn secret_aad(name: &str) -> Vec<u8> {
+    [b"strongroom secret:".as_slice(), name.as_bytes()].concat()
+}
