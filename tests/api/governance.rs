@@ -147,6 +147,15 @@ async fn policies_validate_version_and_take_effect_at_once() {
         .policies("permit(principal == Strongroom::User::\"x\", action, resource);")
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // a set that would lock the caller out (here: empty) is refused
+    let (status, body) = app
+        .raw(Method::PUT, "/v1/policies", "text/plain", Vec::new())
+        .await;
+    let err = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        err["message"].as_str().unwrap().contains("lock you out"),
+        "{err}"
+    );
     let (_, after) = app
         .raw(Method::GET, "/v1/policies", "text/plain", vec![])
         .await;

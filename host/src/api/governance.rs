@@ -192,7 +192,7 @@ async fn put_policies(
     }
     let source = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the policy set is not UTF-8 text"))?;
-    let version = s.gov.put_policies(source, &p.caller.account.name).await?;
+    let version = s.gov.put_policies(source, &p.caller).await?;
     let ids = s.gov.engine().policy_ids();
     audit::note(|e| e.count("policies", ids.len() as u64));
     Ok(axum::Json(json!({"version": version, "policies": ids})).into_response())

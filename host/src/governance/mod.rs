@@ -208,8 +208,16 @@ impl Governance {
     }
 
     /// `PUT /v1/policies`: validates, stores a new version and activates it at once.
-    pub async fn put_policies(&self, source: &str, by: &str) -> Result<i64, GovError> {
-        PolicyEngine::compile(source, 0).map_err(GovError::Policies)?;
+    /// Refuses a set that would leave `by` unable to write policies: an empty or mistaken set
+    /// must not lock every administrator out of a running vault.
+    pub async fn put_policies(&self, source: &str, by: &Caller) -> Result<i64, GovError> {
+        let candidate = PolicyEngine::compile(source, 0).map_err(GovError::Policies)?;
+        if !Self::may_write_policies(&candidate, by) {
+            return Err(GovError::invalid(
+                "this policy set would not let you write policies any more (it would lock you out); keep a policy that permits you `write_policies`, such as admin-all",
+            ));
+        }
+        let by = by.account.name.as_str();
         let client = self.pool.get().await?;
         let version: i64 = client
             .query_one(
@@ -290,6 +298,31 @@ impl Governance {
         );
         audit::note(|e| e.decided(verdict.allowed, &verdict.policies));
         verdict
+    }
+
+    /// Whether `engine` would let `caller` write policies (without a purpose).
+    fn may_write_policies(engine: &PolicyEngine, caller: &Caller) -> bool {
+        let mut store = EntityStore::default();
+        let a = &caller.account;
+        let principal = store.service_account(&a.name, &a.roles, &a.attributes);
+        let resource = store.system();
+        let facts = Facts {
+            purpose: "",
+            granted: None,
+            record: None,
+            redaction: None,
+        };
+        let roles: Vec<_> = a.roles.iter().map(|r| uid(Kind::Role, r)).collect();
+        engine
+            .decide_as(
+                &principal,
+                &roles,
+                &action("write_policies"),
+                &resource,
+                facts.context(),
+                &store.build(),
+            )
+            .allowed
     }
 
     /// `POST /v1/policies/check`: a dry run of one decision with caller-supplied facts.
