@@ -470,6 +470,10 @@ pub struct FunctionService {
     engine_key: String,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     invocations: Mutex<HashMap<String, u64>>,
+    /// Active version per function name: this process is the only writer of `functions`.
+    active_versions: RwLock<HashMap<String, String>>,
+    /// Bumped whenever an active version changes, so a read racing a change is not cached.
+    active_generation: std::sync::atomic::AtomicU64,
     vault: VaultService,
     gov: Arc<Governance>,
 }
@@ -502,6 +506,8 @@ impl FunctionService {
             engine_key,
             loaded: RwLock::default(),
             invocations: Mutex::default(),
+            active_versions: RwLock::default(),
+            active_generation: std::sync::atomic::AtomicU64::new(0),
             vault,
             gov,
         })
@@ -667,6 +673,7 @@ impl FunctionService {
         if let Ok(mut l) = self.loaded.write() {
             l.insert(format!("{}@{version}", manifest.name), loaded);
         }
+        self.forget_active(&manifest.name);
         Ok(VersionView {
             name: manifest.name,
             version,
@@ -680,6 +687,23 @@ impl FunctionService {
 
     /// The active version of `name`, loaded (from memory, the disk cache, or compiled).
     async fn active(self: &Arc<Self>, name: &str) -> Result<Arc<Loaded>, FunctionsError> {
+        let cached = self
+            .active_versions
+            .read()
+            .ok()
+            .and_then(|a| a.get(name).cloned());
+        if let Some(version) = &cached
+            && let Some(hit) = self
+                .loaded
+                .read()
+                .ok()
+                .and_then(|l| l.get(&format!("{name}@{version}")).cloned())
+        {
+            return Ok(hit);
+        }
+        let generation = self
+            .active_generation
+            .load(std::sync::atomic::Ordering::SeqCst);
         let client = self.pool.get().await?;
         let version: String = client
             .query_opt(
@@ -689,6 +713,14 @@ impl FunctionService {
             .await?
             .ok_or_else(|| FunctionsError::NotFound(format!("function `{name}`")))?
             .get(0);
+        if let Ok(mut a) = self.active_versions.write()
+            && self
+                .active_generation
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == generation
+        {
+            a.insert(name.to_string(), version.clone());
+        }
         let key = format!("{name}@{version}");
         if let Some(hit) = self.loaded.read().ok().and_then(|l| l.get(&key).cloned()) {
             return Ok(hit);
@@ -894,7 +926,16 @@ impl FunctionService {
                 "function `{name}` at that version"
             )));
         }
+        self.forget_active(name);
         Ok(())
+    }
+
+    fn forget_active(&self, name: &str) {
+        if let Ok(mut a) = self.active_versions.write() {
+            self.active_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            a.remove(name);
+        }
     }
 
     /// `DELETE /v1/functions/{name}`: every version, and their cached code.
@@ -918,6 +959,7 @@ impl FunctionService {
         if let Ok(mut l) = self.loaded.write() {
             l.retain(|k, _| !k.starts_with(&format!("{name}@")));
         }
+        self.forget_active(name);
         for v in versions {
             let _ = std::fs::remove_file(self.cache_path(&v));
         }
