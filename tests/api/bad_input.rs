@@ -143,9 +143,24 @@ async fn too_many_records_and_oversized_bodies() {
         .collect();
     let (status, body) = app.post(RECORDS, json!({"records": records})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // the configured limit...
     let big = "x".repeat(300 * 1024);
     let (status, body) = app
-        .post(RECORDS, json!({"records": [{"fields": {"region": big}}]}))
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [big], "redaction": "masked"}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // ...and the one of record writes, which may carry a 16 MiB file as base64
+    let huge = "x".repeat(24 << 20);
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": {"region": huge}}]}))
         .await;
     assert_error(
         status,

@@ -98,8 +98,8 @@ async fn master_key_rotation_survives_restarts() {
     let (status, body) = app2.post("/v1/admin/master-keys/rotate", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["active_master_key"], "k2");
-    // the vault's index and data keys, and the server's key-hashing and audit-chain keys
-    assert_eq!(body["rewrapped_keys"], 4);
+    // the vault's index and data keys, and the server's key-hashing, audit-chain and secrets keys
+    assert_eq!(body["rewrapped_keys"], 5);
     app2.stop().await;
 
     let (s, dir) = restart(K2);

@@ -2,6 +2,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // helpers outside #[test] fns
 
 mod bad_input;
+mod connections;
 mod files;
 mod functions;
 mod governance;

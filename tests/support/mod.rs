@@ -6,6 +6,8 @@
 //! with the reason, which is what `expect` gives.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod upstream;
+
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::io::Write;

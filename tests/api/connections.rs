@@ -1,0 +1,2151 @@
+//! Connections end to end: a real server, a real third party ([`Upstream`]) on a local port,
+//! real HTTP both ways. The third party records what it received, so each test checks what
+//! actually crossed the wire: plaintext where the route says, tokens everywhere else.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::io::{Read, Write};
+use std::time::Duration;
+use strongroom_tests::upstream::{Reply, Upstream, closed_port};
+use strongroom_tests::{ADMIN_KEY, TestApp, assert_error, guest};
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+/// A server that may reach plain-http services on 127.0.0.1 (the test's upstream).
+async fn spawn_app() -> TestApp {
+    TestApp::spawn_with(|s| {
+        s.egress_allow_networks = "127.0.0.1/32".into();
+        s.egress_allow_http_hosts = "127.0.0.1".into();
+    })
+    .await
+}
+
+/// What the gateway answered.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// Sends one request to the server (any path, any headers, a raw body with its content type).
+async fn send(
+    app: &TestApp,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Answer {
+    let mut req = app.client.request(method, format!("{}{path}", app.base));
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    if let Some((ct, bytes)) = body {
+        req = req.header("content-type", ct).body(bytes);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap().to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A JSON call through the gateway or the inbound door.
+async fn send_json(
+    app: &TestApp,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Answer {
+    send(
+        app,
+        key,
+        method,
+        path,
+        &[],
+        Some(("application/json", body.to_string().into_bytes())),
+    )
+    .await
+}
+
+/// Sends a request over a bare TCP socket, so the request target reaches the server exactly
+/// as written (an HTTP client would resolve `..` and `%2e%2e` before sending).
+async fn raw_http(app: &TestApp, method: &str, target: &str) -> (u16, Value) {
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).unwrap();
+        buf
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response to {target}: {text:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status for {target}: {head}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, json)
+}
+
+/// Sets the policies (admin-all is kept), asserting they were accepted.
+async fn set_policies(app: &TestApp, cedar: &str) {
+    let (status, body) = app.policies(cedar).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn put_secret(app: &TestApp, name: &str, value: &str) {
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/secrets/{name}"),
+            Some(json!({ "value": value })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], name, "{body}");
+    assert!(
+        !body.to_string().contains(value),
+        "a secret is write-only: {body}"
+    );
+}
+
+async fn create_connection(app: &TestApp, config: Value) -> Value {
+    let (status, body) = app.post("/v1/connections", config).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+/// Inserts one record; returns its tokens.
+async fn insert(app: &TestApp, vault: &str, table: &str, fields: Value) -> Value {
+    let (status, body) = app
+        .post(
+            &format!("/v1/vaults/{vault}/tables/{table}/records"),
+            json!({"records": [{"fields": fields}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"][0].clone()
+}
+
+fn token(record: &Value, column: &str) -> String {
+    record["tokens"][column]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token for {column}: {record}"))
+        .to_string()
+}
+
+/// Admin detokenize of one token at `redaction`: the value, or panics with the answer.
+async fn detokenize(app: &TestApp, vault: &str, token: &str, redaction: &str) -> String {
+    let (status, body) = app
+        .post(
+            &format!("/v1/vaults/{vault}/detokenize"),
+            json!({"tokens": [token], "redaction": redaction}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["results"][0]["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token did not detokenize: {body}"))
+        .to_string()
+}
+
+/// Audit events of `action`, newest or oldest first as the server lists them.
+async fn audit_events(app: &TestApp, action: &str) -> Vec<Value> {
+    let (status, body) = app
+        .get(&format!("/v1/audit?action={action}&limit=1000"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (the audit log is written in the background) for an event of `action` matching `pred`.
+async fn wait_for_event(app: &TestApp, action: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..50 {
+        if let Some(e) = audit_events(app, action).await.into_iter().find(&pred) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no matching `{action}` audit event; events: {}",
+        Value::Array(audit_events(app, action).await)
+    );
+}
+
+/// Every row of every table of the test's database, as text: none of `plaintexts` may appear
+/// in it (values are stored encrypted; tokens and audit events hold none).
+async fn assert_database_has_no_plaintext(app: &TestApp, plaintexts: &[&str]) {
+    let db = app.db().await;
+    let tables = db
+        .query(
+            "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables \
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!tables.is_empty());
+    for row in tables {
+        let table: String = row.get(0);
+        let rows = db
+            .query(&format!("SELECT t::text FROM {table} t"), &[])
+            .await
+            .unwrap();
+        for r in rows {
+            let text: String = r.get(0);
+            for p in plaintexts {
+                assert!(
+                    !text.contains(p),
+                    "{table} holds the plaintext {p:?}: {text}"
+                );
+            }
+        }
+    }
+}
+
+/// The whole audit log as text: none of `plaintexts` may appear in it.
+async fn assert_audit_has_no_plaintext(app: &TestApp, plaintexts: &[&str]) {
+    // let the background writer catch up
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = app.get("/v1/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    let text = body.to_string();
+    for p in plaintexts {
+        assert!(
+            !text.contains(p),
+            "the audit log holds the plaintext {p:?}: {text}"
+        );
+    }
+}
+
+/// The error's details name `field` (exactly, or as a prefix of a nested field).
+fn assert_names_field(body: &Value, field: &str) {
+    let details = body["error"]["details"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        details.iter().any(|d| d["field"]
+            .as_str()
+            .is_some_and(|f| f == field || f.starts_with(&format!("{field}.")))),
+        "details should name `{field}`: {body}"
+    );
+}
+
+/// `POST /v1/connections` refuses `config` with 400 `invalid_request` naming `field`.
+async fn assert_refused(app: &TestApp, config: Value, field: &str) {
+    let (status, body) = app.post("/v1/connections", config).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_names_field(&body, field);
+}
+
+/// Cedar letting connection `connection` detokenize and tokenize, and role `app` call it.
+fn connection_policies(connection: &str) -> String {
+    format!(
+        r#"@id("{connection}-detok")
+permit(principal == Strongroom::Connection::"{connection}", action == Strongroom::Action::"detokenize", resource);
+@id("{connection}-tok")
+permit(principal == Strongroom::Connection::"{connection}", action == Strongroom::Action::"tokenize", resource);
+@id("{connection}-calls")
+permit(principal in Strongroom::Role::"app", action == Strongroom::Action::"call_connection", resource == Strongroom::Connection::"{connection}");
+"#
+    )
+}
+
+const FUNCTIONS_MAY_READ: &str = r#"@id("functions-detokenize")
+permit(principal is Strongroom::Function, action in [Strongroom::Action::"detokenize", Strongroom::Action::"read"], resource);
+"#;
+
+const ADA_CARD: &str = "4242424242424242";
+const ADA_EMAIL: &str = "ada@example.test";
+const ADA_NAME: &str = "Ada Lovelace";
+const GRACE_EMAIL: &str = "grace@example.test";
+const GRACE_NAME: &str = "Grace Hopper";
+const BILLING_EMAIL: &str = "billing-dept@example.test";
+
+// ---- 1. configuration --------------------------------------------------------------------
+
+fn simple_outbound(name: &str, base_url: &str) -> Value {
+    json!({"name": name, "kind": "outbound", "base_url": base_url,
+           "routes": [{"name": "ping", "method": "GET", "path": "/ping"}]})
+}
+
+#[tokio::test]
+async fn outbound_config_is_validated_and_echoed_with_its_version() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    put_secret(&app, "stripe_key", "sk_test_config").await;
+    let base = format!("{}/base", upstream.base());
+
+    let good = json!({"name": "stripe", "kind": "outbound", "base_url": base, "vault": "payments",
+        "headers": {"authorization": "Bearer {{secret.stripe_key}}"},
+        "timeouts": {"connect_ms": 1000, "total_ms": 5000},
+        "routes": [{"name": "charge", "method": "POST", "path": "/v1/charges/{id}",
+            "request": {"detokenize": [{"location": "body", "path": "$.card.number", "redaction": "plain"},
+                                       {"location": "body", "path": "$.items[*].email", "vault": "payments"},
+                                       {"location": "header", "path": "x-customer"},
+                                       {"location": "query", "path": "name"}]},
+            "response": {"tokenize": [{"location": "body", "path": "$.billing.email",
+                "vault": "payments", "table": "customers", "column": "email"}]}},
+            {"name": "rest", "method": "*", "path": "/files/{*rest}"}]});
+    let body = create_connection(&app, good.clone()).await;
+    assert_eq!(body["version"], 1, "{body}");
+    assert_eq!(body["active_version"], 1, "{body}");
+    assert_eq!(body["name"], "stripe");
+    assert_eq!(body["kind"], "outbound");
+    assert_eq!(body["base_url"], good["base_url"]);
+    assert_eq!(
+        body["routes"][0]["request"]["detokenize"][0]["path"],
+        "$.card.number"
+    );
+    assert_eq!(
+        body["headers"]["authorization"], "Bearer {{secret.stripe_key}}",
+        "the secret's name, never its value: {body}"
+    );
+    assert!(!body.to_string().contains("sk_test_config"), "{body}");
+    // the name is taken now
+    let (status, taken) = app.post("/v1/connections", good.clone()).await;
+    assert_error(status, &taken, StatusCode::CONFLICT, "conflict");
+    let (status, list) = app.get("/v1/connections").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(
+        list["connections"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+
+    // each mistake is refused, naming the field
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        c["name"] = json!("other");
+        f(&mut c);
+        c
+    };
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["request"]["function"] = json!("no-such-function")),
+        "routes[0].request.function",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["response"]["function"] = json!("no-such-function")),
+        "routes[0].response.function",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["response"]["tokenize"][0]["vault"] = json!("nope")),
+        "routes[0].response.tokenize[0].vault",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["response"]["tokenize"][0]["table"] = json!("nope")),
+        "routes[0].response.tokenize[0].table",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["response"]["tokenize"][0]["column"] = json!("nope")),
+        "routes[0].response.tokenize[0].column",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["request"]["detokenize"][1]["vault"] = json!("nope")),
+        "routes[0].request.detokenize[1].vault",
+    )
+    .await;
+    assert_refused(&app, with(&|c| c["vault"] = json!("nope")), "vault").await;
+    for bad_path in ["$.card[", "$.card..number", "$.items[x]"] {
+        assert_refused(
+            &app,
+            with(&|c| c["routes"][0]["request"]["detokenize"][0]["path"] = json!(bad_path)),
+            "routes[0].request.detokenize[0].path",
+        )
+        .await;
+    }
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["response"]["tokenize"][0]["path"] = json!("$.billing[")),
+        "routes[0].response.tokenize[0].path",
+    )
+    .await;
+    for bad_template in [
+        "v1/charges",
+        "/v1/{bad name}",
+        "/v1/{*rest}/more",
+        "/v1/../admin",
+        "/v1//charges",
+    ] {
+        assert_refused(
+            &app,
+            with(&|c| c["routes"][0]["path"] = json!(bad_template)),
+            "routes[0].path",
+        )
+        .await;
+    }
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][0]["method"] = json!("FETCH ME")),
+        "routes[0].method",
+    )
+    .await;
+    assert_refused(
+        &app,
+        with(&|c| c["routes"][1]["name"] = json!("charge")),
+        "routes[1].name",
+    )
+    .await;
+    assert_refused(&app, with(&|c| c["name"] = json!("Not A Name")), "name").await;
+    assert_refused(
+        &app,
+        with(&|c| c["headers"]["authorization"] = json!("Bearer {{secret.missing_key}}")),
+        "headers.authorization",
+    )
+    .await;
+    // a host outside the plain-http allow-list must use https
+    assert_refused(
+        &app,
+        with(&|c| c["base_url"] = json!("http://api.example.com")),
+        "base_url",
+    )
+    .await;
+    // metadata, link-local and private addresses are refused, https or not
+    for url in [
+        "http://169.254.169.254",
+        "https://169.254.169.254/latest/meta-data",
+        "https://10.0.0.1",
+        "https://192.168.1.1",
+        "https://[::1]",
+        "ftp://127.0.0.1",
+    ] {
+        assert_refused(&app, with(&|c| c["base_url"] = json!(url)), "base_url").await;
+    }
+
+    // unknown fields, top level and nested
+    for (config, field) in [
+        (with(&|c| c["bse_url"] = json!("x")), "bse_url"),
+        (with(&|c| c["routes"][0]["methd"] = json!("GET")), "methd"),
+        (
+            with(&|c| c["routes"][0]["request"]["detokenize"][0]["redacton"] = json!("plain")),
+            "redacton",
+        ),
+    ] {
+        let (status, body) = app.post("/v1/connections", config).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(body.to_string().contains(field), "names `{field}`: {body}");
+    }
+
+    // nothing was stored by the refusals
+    let (_, list) = app.get("/v1/connections").await;
+    assert_eq!(
+        list["connections"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    assert_eq!(upstream.count(), 0, "validation never calls the upstream");
+}
+
+#[tokio::test]
+async fn plain_http_and_loopback_need_the_operators_allow_lists() {
+    let upstream = Upstream::start().await;
+    let app = TestApp::spawn().await;
+    for url in [
+        upstream.base(),
+        format!("https://127.0.0.1:{}", upstream.port()),
+    ] {
+        assert_refused(&app, simple_outbound("local", &url), "base_url").await;
+    }
+    let inbound = json!({"name": "local", "kind": "inbound", "upstream": upstream.base(),
+        "routes": [{"name": "in", "method": "POST", "path": "/in"}]});
+    assert_refused(&app, inbound, "upstream").await;
+    let (_, list) = app.get("/v1/connections").await;
+    assert_eq!(list["connections"], json!([]), "{list}");
+}
+
+#[tokio::test]
+async fn versions_roll_forward_and_back_and_delete_removes_the_connection() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let v1 = json!({"name": "versioned", "kind": "outbound", "base_url": upstream.base(),
+        "headers": {"x-config-version": "one"},
+        "routes": [{"name": "ping", "method": "GET", "path": "/ping"}]});
+    let mut v2 = v1.clone();
+    v2["headers"]["x-config-version"] = json!("two");
+    let created = create_connection(&app, v1).await;
+    assert_eq!(created["version"], 1);
+
+    let ping = |expected: &'static str| {
+        let app = &app;
+        let upstream = &upstream;
+        async move {
+            let a = send(
+                app,
+                Some(ADMIN_KEY),
+                Method::GET,
+                "/v1/gateway/versioned/ping",
+                &[],
+                None,
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+            assert_eq!(
+                upstream.last().header("x-config-version"),
+                Some(expected),
+                "{:?}",
+                upstream.last()
+            );
+        }
+    };
+    ping("one").await;
+
+    let (status, body) = app
+        .call(Method::PUT, "/v1/connections/versioned", Some(v2.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+    assert_eq!(body["active_version"], 2, "{body}");
+    ping("two").await;
+
+    let (status, body) = app.get("/v1/connections/versioned").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active_version"], 2, "{body}");
+    assert_eq!(body["headers"]["x-config-version"], "two", "{body}");
+    let versions: Vec<i64> = body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions.len(), 2, "{body}");
+    assert!(versions.contains(&1) && versions.contains(&2), "{body}");
+    assert!(body["versions"][0]["created_at"].is_string(), "{body}");
+
+    // roll back
+    let (status, body) = app
+        .post("/v1/connections/versioned/activate", json!({"version": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ping("one").await;
+    let (_, body) = app.get("/v1/connections/versioned").await;
+    assert_eq!(body["active_version"], 1, "{body}");
+    assert_eq!(body["headers"]["x-config-version"], "one", "{body}");
+    // and forward again
+    let (status, _) = app
+        .post("/v1/connections/versioned/activate", json!({"version": 2}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    ping("two").await;
+    let (status, body) = app
+        .post("/v1/connections/versioned/activate", json!({"version": 9}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // an update must keep the name, and is validated like a create
+    let mut renamed = v2.clone();
+    renamed["name"] = json!("other");
+    let (status, body) = app
+        .call(Method::PUT, "/v1/connections/versioned", Some(renamed))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let mut broken = v2.clone();
+    broken["routes"][0]["path"] = json!("no-slash");
+    let (status, body) = app
+        .call(Method::PUT, "/v1/connections/versioned", Some(broken))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_names_field(&body, "routes[0].path");
+    let (_, body) = app.get("/v1/connections/versioned").await;
+    assert_eq!(body["versions"].as_array().map(Vec::len), Some(2), "{body}");
+
+    // delete
+    let (status, _) = app.delete("/v1/connections/versioned").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.get("/v1/connections/versioned").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = app.delete("/v1/connections/versioned").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let before = upstream.count();
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/versioned/ping",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text());
+    assert_eq!(upstream.count(), before);
+}
+
+#[tokio::test]
+async fn secrets_are_write_only() {
+    let app = spawn_app().await;
+    put_secret(&app, "api_key", "very-secret-value-1").await;
+    put_secret(&app, "api_key", "very-secret-value-2").await;
+    let (status, body) = app.get("/v1/secrets").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["secrets"][0]["name"], "api_key", "{body}");
+    assert!(body["secrets"][0]["updated_at"].is_string(), "{body}");
+    assert!(!body.to_string().contains("very-secret-value"), "{body}");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/Bad_Name",
+            Some(json!({"value": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = app.delete("/v1/secrets/api_key").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.delete("/v1/secrets/api_key").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (_, body) = app.get("/v1/secrets").await;
+    assert_eq!(body["secrets"], json!([]), "{body}");
+    assert_audit_has_no_plaintext(&app, &["very-secret-value"]).await;
+}
+
+// ---- 2. outbound: detokenize in flight --------------------------------------------------------
+
+struct Payments {
+    ada: Value,
+    grace: Value,
+}
+
+async fn payments(app: &TestApp) -> Payments {
+    app.payments_vault().await;
+    let ada = insert(
+        app,
+        "payments",
+        "customers",
+        json!({"name": ADA_NAME, "email": ADA_EMAIL, "card_number": ADA_CARD}),
+    )
+    .await;
+    let grace = insert(
+        app,
+        "payments",
+        "customers",
+        json!({"name": GRACE_NAME, "email": GRACE_EMAIL, "card_number": "5555555555554444"}),
+    )
+    .await;
+    Payments { ada, grace }
+}
+
+fn stripe_config(base_url: &str) -> Value {
+    json!({"name": "stripe", "kind": "outbound", "base_url": base_url, "vault": "payments",
+        "headers": {"authorization": "Bearer {{secret.stripe_key}}", "stripe-version": "2024-06-20"},
+        "routes": [
+            {"name": "charge", "method": "POST", "path": "/v1/charges",
+             "request": {"detokenize": [
+                {"location": "body", "path": "$.card.number", "redaction": "plain"},
+                {"location": "body", "path": "$.customers[*].contact.email", "redaction": "plain"},
+                {"location": "header", "path": "x-customer-name", "redaction": "plain"},
+                {"location": "query", "path": "customer", "redaction": "plain"}]},
+             "response": {"tokenize": [{"location": "body", "path": "$.billing.email",
+                "vault": "payments", "table": "customers", "column": "email"}]}},
+            {"name": "card-token", "method": "POST", "path": "/v1/tokens",
+             "request": {"detokenize": [{"location": "body", "path": "card[number]", "redaction": "plain"}]}},
+            {"name": "echo", "method": "POST", "path": "/v1/echo",
+             "request": {"detokenize": [{"location": "body", "path": "$.card.number", "redaction": "plain"}]}},
+            {"name": "echo-tokenized", "method": "POST", "path": "/v1/echo-tokenized",
+             "request": {"detokenize": [{"location": "body", "path": "$.card.number", "redaction": "plain"}]},
+             "response": {"tokenize": [{"location": "body", "path": "$.card.number",
+                "vault": "payments", "table": "customers", "column": "card_number"}]}}]})
+}
+
+#[tokio::test]
+async fn outbound_calls_detokenize_in_flight_and_tokenize_the_reply() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on(
+        "/base/v1/charges",
+        Reply::json(
+            201,
+            json!({"id": "ch_1", "status": "succeeded",
+                   "billing": {"email": BILLING_EMAIL, "country": "GB"}}),
+        )
+        .header("x-upstream-request", "req_42"),
+    );
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    put_secret(&app, "stripe_key", "sk_test_4eC39HqLyjWDarjtT1zdp7dc").await;
+    set_policies(&app, &connection_policies("stripe")).await;
+    create_connection(&app, stripe_config(&format!("{}/base", upstream.base()))).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+
+    let request = json!({"amount": 1000, "currency": "usd",
+        "card": {"number": token(&p.ada, "card_number"), "exp_month": 12},
+        "customers": [{"contact": {"email": token(&p.ada, "email")}, "role": "payer"},
+                      {"contact": {"email": token(&p.grace, "email")}, "role": "cc"}],
+        "note": "keep me"});
+    let query = format!(
+        "/v1/gateway/stripe/v1/charges?customer={}&expand=billing",
+        token(&p.grace, "name")
+    );
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        &query,
+        &[
+            ("x-customer-name", &token(&p.ada, "name")),
+            ("x-strongroom-purpose", "checkout"),
+            ("x-trace", "abc"),
+        ],
+        Some(("application/json", request.to_string().into_bytes())),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+
+    // what the third party received: plaintext exactly where the rules say
+    assert_eq!(upstream.count(), 1);
+    let got = upstream.last();
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path(), "/base/v1/charges");
+    let q = got.query_pairs();
+    assert!(q.contains(&("customer".into(), GRACE_NAME.into())), "{q:?}");
+    assert!(q.contains(&("expand".into(), "billing".into())), "{q:?}");
+    assert_eq!(got.header("x-customer-name"), Some(ADA_NAME));
+    assert_eq!(
+        got.header("x-trace"),
+        Some("abc"),
+        "other headers travel on"
+    );
+    assert_eq!(
+        got.header("authorization"),
+        Some("Bearer sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
+        "the connection's secret replaces the caller's key"
+    );
+    assert_eq!(got.header("stripe-version"), Some("2024-06-20"));
+    assert_eq!(
+        got.header("host"),
+        Some(format!("127.0.0.1:{}", upstream.port()).as_str()),
+        "the caller's Host is not forwarded"
+    );
+    assert!(
+        !got.headers_text().contains(&checkout),
+        "the caller's key never travels: {}",
+        got.headers_text()
+    );
+    assert!(
+        got.header("x-strongroom-purpose").is_none(),
+        "{}",
+        got.headers_text()
+    );
+    let body = got.json();
+    assert_eq!(body["card"]["number"], ADA_CARD, "{body}");
+    assert_eq!(body["card"]["exp_month"], 12, "{body}");
+    assert_eq!(
+        body["customers"][0]["contact"]["email"], ADA_EMAIL,
+        "{body}"
+    );
+    assert_eq!(
+        body["customers"][1]["contact"]["email"], GRACE_EMAIL,
+        "{body}"
+    );
+    assert_eq!(body["customers"][1]["role"], "cc", "{body}");
+    assert_eq!(body["note"], "keep me");
+    assert_eq!(body["amount"], 1000);
+
+    // what the backend got: the reply, its email tokenized into the vault
+    assert!(a.headers.contains_key("x-request-id"), "{:?}", a.headers);
+    assert_eq!(
+        a.headers
+            .get("x-upstream-request")
+            .and_then(|v| v.to_str().ok()),
+        Some("req_42")
+    );
+    let reply = a.json();
+    assert_eq!(reply["id"], "ch_1", "{reply}");
+    assert_eq!(reply["billing"]["country"], "GB", "{reply}");
+    let email_token = reply["billing"]["email"].as_str().unwrap().to_string();
+    assert_ne!(email_token, BILLING_EMAIL);
+    assert!(!a.text().contains(BILLING_EMAIL), "{}", a.text());
+    assert!(!a.text().contains(ADA_CARD) && !a.text().contains(ADA_EMAIL));
+    assert_eq!(
+        detokenize(&app, "payments", &email_token, "plain").await,
+        BILLING_EMAIL
+    );
+    // the deterministic column gives the same token for the same value
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tokenize",
+            json!({"table": "customers", "column": "email", "values": [BILLING_EMAIL]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokens"][0], email_token.as_str(), "{body}");
+
+    // a form-encoded body: the field named by the rule
+    let form = format!(
+        "amount=500&card[number]={}&card[cvc]=123",
+        token(&p.ada, "card_number")
+    );
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/tokens",
+        &[],
+        Some(("application/x-www-form-urlencoded", form.into_bytes())),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.path(), "/base/v1/tokens");
+    let fields = got.form();
+    assert_eq!(
+        fields.get("card[number]").map(String::as_str),
+        Some(ADA_CARD),
+        "{}",
+        got.text()
+    );
+    assert_eq!(fields.get("card[cvc]").map(String::as_str), Some("123"));
+    assert_eq!(fields.get("amount").map(String::as_str), Some("500"));
+
+    // a rotated secret is used from the next call on
+    put_secret(&app, "stripe_key", "sk_test_rotated_value_2").await;
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/tokens",
+        &[],
+        Some(("application/x-www-form-urlencoded", b"amount=1".to_vec())),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some("Bearer sk_test_rotated_value_2")
+    );
+    // and a third party echoing the connection's secret does not hand it to the caller
+    upstream.reply_on(
+        "/base/v1/tokens",
+        Reply::json(200, json!({"debug": {"key": "sk_test_rotated_value_2"}})),
+    );
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/tokens",
+        &[],
+        Some(("application/x-www-form-urlencoded", b"amount=1".to_vec())),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "egress_blocked",
+    );
+    assert!(!a.text().contains("sk_test_rotated_value_2"));
+
+    // audited: the connection, the caller, counts, never a value
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["connection"] == "stripe@1/charge"
+    })
+    .await;
+    assert_eq!(event["status"], 201, "{event}");
+    assert_eq!(event["principal"], "checkout", "{event}");
+    assert_eq!(event["counts"]["detokenized"], 5, "{event}");
+    assert_eq!(event["counts"]["tokenized"], 1, "{event}");
+    assert_eq!(event["counts"]["upstream_status"], 201, "{event}");
+    assert!(event["counts"]["upstream_ms"].is_u64(), "{event}");
+    assert_audit_has_no_plaintext(
+        &app,
+        &[
+            ADA_CARD,
+            ADA_EMAIL,
+            GRACE_EMAIL,
+            ADA_NAME,
+            GRACE_NAME,
+            BILLING_EMAIL,
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "sk_test_rotated_value_2",
+        ],
+    )
+    .await;
+    assert_database_has_no_plaintext(
+        &app,
+        &[
+            ADA_CARD,
+            ADA_EMAIL,
+            BILLING_EMAIL,
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "sk_test_rotated_value_2",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn detokenize_rules_honour_their_vault_redaction_and_route_templates() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "crm", "tables": [{"name": "leads", "columns": [
+                {"name": "email", "type": "email"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let lead = insert(&app, "crm", "leads", json!({"email": "lead@example.test"})).await;
+    set_policies(&app, &connection_policies("mixed")).await;
+    // no default vault: a rule without one searches every vault
+    create_connection(
+        &app,
+        json!({"name": "mixed", "kind": "outbound", "base_url": upstream.base(),
+            "routes": [{"name": "customer", "method": "PUT", "path": "/customers/{id}",
+                "request": {"detokenize": [
+                    {"location": "body", "path": "$.card", "redaction": "masked", "vault": "payments"},
+                    {"location": "body", "path": "$.email", "redaction": "plain"},
+                    {"location": "body", "path": "$[\"odd key\"]", "redaction": "plain", "vault": "crm"}]}}]}),
+    )
+    .await;
+    let backend = app.service_account("backend", &["app"]).await;
+    let call = |path: &'static str, body: Value| {
+        let app = &app;
+        let backend = &backend;
+        async move { send_json(app, Some(backend), Method::PUT, path, &body).await }
+    };
+
+    let a = call(
+        "/v1/gateway/mixed/customers/cus_1",
+        json!({"card": token(&p.ada, "card_number"), "email": token(&lead, "email"),
+               "odd key": token(&lead, "email")}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.path(), "/customers/cus_1");
+    let body = got.json();
+    assert_eq!(body["email"], "lead@example.test", "{body}");
+    assert_eq!(body["odd key"], "lead@example.test", "{body}");
+    let masked = body["card"].as_str().unwrap();
+    assert!(
+        masked.ends_with("4242") && masked != ADA_CARD,
+        "masked: {body}"
+    );
+    assert!(!got.text().contains(ADA_CARD), "{}", got.text());
+
+    // a token of another vault is not a token for a rule naming its vault
+    let before = upstream.count();
+    let a = call(
+        "/v1/gateway/mixed/customers/cus_1",
+        json!({"card": token(&lead, "email")}),
+    )
+    .await;
+    let answer = a.json();
+    let err = assert_error(a.status, &answer, StatusCode::BAD_REQUEST, "invalid_token");
+    assert!(
+        err["message"].as_str().unwrap().contains("body $.card"),
+        "{answer}"
+    );
+    // the template's parameter is one segment
+    for path in [
+        "/v1/gateway/mixed/customers",
+        "/v1/gateway/mixed/customers/cus_1/extra",
+        "/v1/gateway/mixed/customers/",
+    ] {
+        let a = call(path, json!({})).await;
+        assert_error(a.status, &a.json(), StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_eq!(upstream.count(), before);
+    assert_audit_has_no_plaintext(&app, &[ADA_CARD, "lead@example.test"]).await;
+}
+
+#[tokio::test]
+async fn a_value_that_is_not_a_token_is_refused_and_nothing_is_forwarded() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    put_secret(&app, "stripe_key", "sk_test_x").await;
+    set_policies(&app, &connection_policies("stripe")).await;
+    create_connection(&app, stripe_config(&upstream.base())).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+
+    for (body, header, query, location) in [
+        (
+            json!({"card": {"number": "not-a-token"}}),
+            token(&p.ada, "name"),
+            token(&p.ada, "name"),
+            "body $.card.number",
+        ),
+        (
+            json!({"card": {"number": token(&p.ada, "card_number")},
+                   "customers": [{"contact": {"email": token(&p.ada, "email")}}, {"contact": {"email": "eve@example.test"}}]}),
+            token(&p.ada, "name"),
+            token(&p.ada, "name"),
+            "body $.customers[1].contact.email",
+        ),
+        (
+            json!({"card": {"number": token(&p.ada, "card_number")}}),
+            "Ada Lovelace".to_string(),
+            token(&p.ada, "name"),
+            "header x-customer-name",
+        ),
+        (
+            json!({"card": {"number": token(&p.ada, "card_number")}}),
+            token(&p.ada, "name"),
+            "tok_unknown".to_string(),
+            "query customer",
+        ),
+    ] {
+        let a = send(
+            &app,
+            Some(&checkout),
+            Method::POST,
+            &format!("/v1/gateway/stripe/v1/charges?customer={query}"),
+            &[("x-customer-name", &header)],
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await;
+        let answer = a.json();
+        let err = assert_error(a.status, &answer, StatusCode::BAD_REQUEST, "invalid_token");
+        let message = err["message"].as_str().unwrap().to_string();
+        // `[1]` or `[*]`: either names the place
+        let (place, path) = location.split_once(' ').unwrap();
+        let wildcard = path.replace("[1]", "[*]");
+        assert!(
+            message.contains(location)
+                || message.contains(&format!("{place} {wildcard}"))
+                || err["details"].to_string().contains(path),
+            "names `{location}`: {answer}"
+        );
+        assert!(!answer.to_string().contains("not-a-token"), "{answer}");
+        assert!(!answer.to_string().contains("eve@example.test"), "{answer}");
+        assert_eq!(upstream.count(), 0, "nothing forwarded for {location}");
+    }
+    // absent locations are skipped
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &json!({"amount": 1}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(upstream.last().json(), json!({"amount": 1}));
+    assert_audit_has_no_plaintext(&app, &["not-a-token", "eve@example.test", ADA_CARD]).await;
+}
+
+#[tokio::test]
+async fn callers_need_call_connection_and_the_connection_needs_detokenize() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    put_secret(&app, "stripe_key", "sk_test_x").await;
+    create_connection(&app, stripe_config(&upstream.base())).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+    let other = app.service_account("reporting", &["analyst"]).await;
+    let body = json!({"card": {"number": token(&p.ada, "card_number")}});
+
+    // the connection may detokenize, only `app` may call it
+    set_policies(&app, &connection_policies("stripe")).await;
+    let a = send_json(
+        &app,
+        Some(&other),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &body,
+    )
+    .await;
+    assert_error(a.status, &a.json(), StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(upstream.count(), 0);
+    // no key, a wrong key
+    let a = send_json(
+        &app,
+        None,
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &body,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let a = send_json(
+        &app,
+        Some("sr_wrong"),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &body,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_eq!(upstream.count(), 0);
+    // an unknown route, an unknown connection
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/refunds",
+        &body,
+    )
+    .await;
+    assert_error(a.status, &a.json(), StatusCode::NOT_FOUND, "not_found");
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::GET,
+        "/v1/gateway/stripe/v1/charges",
+        &body,
+    )
+    .await;
+    assert_error(a.status, &a.json(), StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(upstream.count(), 0);
+
+    // the caller may call, but the connection may not detokenize the card column
+    set_policies(
+        &app,
+        r#"@id("checkout-calls")
+permit(principal in Strongroom::Role::"app", action == Strongroom::Action::"call_connection", resource == Strongroom::Connection::"stripe");"#,
+    )
+    .await;
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &body,
+    )
+    .await;
+    let answer = a.json();
+    let err = assert_error(a.status, &answer, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("body $.card.number"),
+        "{answer}"
+    );
+    assert_eq!(upstream.count(), 0, "nothing forwarded");
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["status"] == 403 && e["principal"] == "reporting"
+    })
+    .await;
+    assert!(
+        event["connection"].to_string().contains("stripe"),
+        "{event}"
+    );
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["status"] == 403 && e["principal"] == "checkout"
+    })
+    .await;
+    assert!(
+        event["connection"].to_string().contains("stripe"),
+        "{event}"
+    );
+    assert_audit_has_no_plaintext(&app, &[ADA_CARD]).await;
+}
+
+#[tokio::test]
+async fn card_numbers_go_upstream_but_never_back_to_the_caller() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on("/v1/echo", Reply::echo());
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    put_secret(&app, "stripe_key", "sk_test_x").await;
+    set_policies(&app, &connection_policies("stripe")).await;
+    create_connection(&app, stripe_config(&upstream.base())).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo",
+        &json!({"card": {"number": token(&p.ada, "card_number")}, "amount": 5}),
+    )
+    .await;
+    // the guardrail on plaintext cards does not apply to the third party...
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(upstream.last().json()["card"]["number"], ADA_CARD);
+    // ...but the echo would carry it back
+    let answer = a.json();
+    assert_error(a.status, &answer, StatusCode::BAD_GATEWAY, "egress_blocked");
+    assert!(!a.text().contains(ADA_CARD), "{}", a.text());
+    assert!(
+        !a.headers
+            .iter()
+            .any(|(_, v)| v.to_str().unwrap_or_default().contains(ADA_CARD)),
+        "{:?}",
+        a.headers
+    );
+
+    // also when the value comes back in a header or in another shape of body
+    upstream.reply_on(
+        "/v1/echo",
+        Reply::json(200, json!({"ok": true})).header("x-card", ADA_CARD),
+    );
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo",
+        &json!({"card": {"number": token(&p.ada, "card_number")}}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "egress_blocked",
+    );
+    upstream.reply_on(
+        "/v1/echo",
+        Reply::text(200, &format!("last card used: {ADA_CARD}.")),
+    );
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo",
+        &json!({"card": {"number": token(&p.ada, "card_number")}}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "egress_blocked",
+    );
+    assert!(!a.text().contains(ADA_CARD));
+
+    let event = wait_for_event(&app, "call_connection", |e| e["status"] == 502).await;
+    assert!(
+        event["connection"].to_string().contains("stripe"),
+        "{event}"
+    );
+
+    // with a rule tokenizing it, the echoed card comes back as a token of the card column
+    upstream.reply_on("/v1/echo-tokenized", Reply::echo());
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo-tokenized",
+        &json!({"card": {"number": token(&p.ada, "card_number")}, "amount": 5}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert!(!a.text().contains(ADA_CARD), "{}", a.text());
+    let reply = a.json();
+    assert_eq!(reply["amount"], 5, "{reply}");
+    let card_token = reply["card"]["number"].as_str().unwrap().to_string();
+    let masked = detokenize(&app, "payments", &card_token, "masked").await;
+    assert!(masked.ends_with("4242") && masked != ADA_CARD, "{masked}");
+    assert_audit_has_no_plaintext(&app, &[ADA_CARD]).await;
+}
+
+// ---- 3. functions on the path ----------------------------------------------------------------
+
+fn manifest(name: &str, grants: Value) -> Value {
+    json!({"name": name, "description": "connection test", "grants": grants,
+           "limits": {"memory_mib": 64, "timeout_ms": 2000}})
+}
+
+async fn upload(app: &TestApp, name: &str, component: &str, grants: Value) -> String {
+    let (status, up) = app
+        .upload_function(manifest(name, grants), guest(component), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    up["version"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn payment_reshape_sends_the_real_card_form_encoded() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(
+        200,
+        json!({"id": "ch_2", "status": "succeeded"}),
+    ));
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    set_policies(
+        &app,
+        &format!("{FUNCTIONS_MAY_READ}{}", connection_policies("stripe")),
+    )
+    .await;
+    let version = upload(
+        &app,
+        "stripe-reshape",
+        "payment_reshape",
+        json!([{"vault": "payments", "table": "customers", "columns": ["card_number"], "redaction": "plain"}]),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "stripe", "kind": "outbound", "base_url": upstream.base(),
+            "routes": [{"name": "charge", "method": "POST", "path": "/v1/charges",
+                        "request": {"function": "stripe-reshape"}}]}),
+    )
+    .await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &json!({"amount": 1000, "currency": "USD",
+            "card": {"number": token(&p.ada, "card_number"), "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            "description": "Order #42", "metadata": {"order": "42"}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json(), json!({"id": "ch_2", "status": "succeeded"}));
+
+    let got = upstream.last();
+    assert_eq!(got.path(), "/v1/charges");
+    assert!(
+        got.header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")),
+        "{}",
+        got.headers_text()
+    );
+    let form = got.form();
+    assert_eq!(
+        form.get("card[number]").map(String::as_str),
+        Some(ADA_CARD),
+        "{}",
+        got.text()
+    );
+    assert_eq!(form.get("amount").map(String::as_str), Some("1000"));
+    assert_eq!(form.get("currency").map(String::as_str), Some("usd"));
+    assert_eq!(form.get("card[exp_month]").map(String::as_str), Some("12"));
+    assert_eq!(form.get("card[exp_year]").map(String::as_str), Some("2030"));
+    assert_eq!(
+        form.get("description").map(String::as_str),
+        Some("Order #42")
+    );
+    assert_eq!(form.get("metadata[order]").map(String::as_str), Some("42"));
+    assert_eq!(
+        got.header("content-length")
+            .map(|l| l.parse::<usize>().unwrap()),
+        Some(got.body.len()),
+        "no stale content-length"
+    );
+
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["connection"] == "stripe@1/charge"
+    })
+    .await;
+    assert_eq!(
+        event["function"],
+        format!("stripe-reshape@{version}"),
+        "{event}"
+    );
+    assert!(
+        event["counts"].as_object().is_some_and(|c| !c.is_empty()),
+        "{event}"
+    );
+    assert_eq!(event["counts"]["upstream_status"], 200, "{event}");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_audit_has_no_plaintext(&app, &[ADA_CARD]).await;
+    assert_database_has_no_plaintext(&app, &[ADA_CARD]).await;
+
+    // a function's refusal is the caller's 400
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/charges",
+        &json!({"amount": -5, "currency": "usd",
+            "card": {"number": token(&p.ada, "card_number"), "exp_month": 12, "exp_year": 2030}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    assert_eq!(upstream.count(), 1, "a refused request is not forwarded");
+    assert!(!a.text().contains(ADA_CARD));
+}
+
+#[tokio::test]
+async fn date_split_reshapes_a_date_of_birth_for_a_kyc_route() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(200, json!({"verified": true, "score": 0.98})));
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    let rec = insert(
+        &app,
+        "payments",
+        "customers",
+        json!({"name": ADA_NAME, "dob": "1990-05-17"}),
+    )
+    .await;
+    set_policies(
+        &app,
+        &format!("{FUNCTIONS_MAY_READ}{}", connection_policies("kyc")),
+    )
+    .await;
+    let version = upload(
+        &app,
+        "date-split",
+        "date_split",
+        json!([{"vault": "payments", "table": "customers", "columns": ["dob"], "redaction": "plain"}]),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "kyc", "kind": "outbound", "base_url": format!("{}/kyc", upstream.base()),
+            "routes": [{"name": "verify", "method": "POST", "path": "/v2/verifications",
+                        "request": {"function": "date-split"}}]}),
+    )
+    .await;
+    let backend = app.service_account("onboarding", &["app"]).await;
+
+    let a = send(
+        &app,
+        Some(&backend),
+        Method::POST,
+        "/v1/gateway/kyc/v2/verifications",
+        &[("x-date-split-field", "$.applicant.dob")],
+        Some((
+            "application/json",
+            json!({"applicant": {"name": "Ada", "dob": token(&rec, "dob")}, "country": "GB"})
+                .to_string()
+                .into_bytes(),
+        )),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json()["verified"], true);
+
+    let got = upstream.last();
+    assert_eq!(got.path(), "/kyc/v2/verifications");
+    let body = got.json();
+    assert_eq!(body["applicant"]["dob_day"], 17, "{body}");
+    assert_eq!(body["applicant"]["dob_month"], 5, "{body}");
+    assert_eq!(body["applicant"]["dob_year"], 1990, "{body}");
+    assert!(body["applicant"].get("dob").is_none(), "{body}");
+    assert_eq!(body["applicant"]["name"], "Ada");
+    assert_eq!(body["country"], "GB");
+    assert!(
+        got.header("x-date-split-field").is_none(),
+        "the function removes its header: {}",
+        got.headers_text()
+    );
+
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["connection"] == "kyc@1/verify"
+    })
+    .await;
+    assert_eq!(
+        event["function"],
+        format!("date-split@{version}"),
+        "{event}"
+    );
+    assert_audit_has_no_plaintext(&app, &["1990-05-17", ADA_NAME]).await;
+}
+
+#[tokio::test]
+async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
+    const PDF: &[u8] = b"%PDF-1.7\n% the contract between Ada and the vault\n%%EOF\n";
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(
+        201,
+        json!({"envelope_id": "env_7", "status": "sent"}),
+    ));
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "legal", "tables": [{"name": "contracts", "columns": [
+                {"name": "pdf", "type": "file"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rec = insert(
+        &app,
+        "legal",
+        "contracts",
+        json!({"pdf": {"name": "contract.pdf", "media_type": "application/pdf",
+                       "content_base64": STANDARD.encode(PDF)}}),
+    )
+    .await;
+    let record = rec["id"].as_str().unwrap().to_string();
+    set_policies(
+        &app,
+        &format!("{FUNCTIONS_MAY_READ}{}", connection_policies("esign")),
+    )
+    .await;
+    let version = upload(
+        &app,
+        "file-extract",
+        "file_extract",
+        json!([{"vault": "legal", "table": "contracts", "columns": ["pdf"], "redaction": "plain"}]),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "esign", "kind": "outbound", "base_url": upstream.base(),
+            "routes": [{"name": "envelope", "method": "POST", "path": "/envelopes",
+                        "request": {"function": "file-extract"}}]}),
+    )
+    .await;
+    let backend = app.service_account("contracts", &["app"]).await;
+
+    let a = send_json(
+        &app,
+        Some(&backend),
+        Method::POST,
+        "/v1/gateway/esign/envelopes",
+        &json!({"document": {"vault": "legal", "table": "contracts", "record": record, "column": "pdf"},
+                "signer": {"name": "Ada Lovelace", "email": "ada@example.test"},
+                "subject": "Please sign"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_eq!(a.json()["envelope_id"], "env_7");
+    assert!(!a.text().contains(&STANDARD.encode(PDF)));
+
+    let got = upstream.last();
+    let body = got.json();
+    assert_eq!(
+        body["documents"][0]["document_base64"],
+        STANDARD.encode(PDF),
+        "{body}"
+    );
+    assert_eq!(body["documents"][0]["name"], "contract.pdf", "{body}");
+    assert_eq!(
+        body["documents"][0]["media_type"], "application/pdf",
+        "{body}"
+    );
+    assert_eq!(body["signer"]["email"], "ada@example.test", "{body}");
+    assert_eq!(body["subject"], "Please sign");
+    assert!(body.get("document").is_none(), "{body}");
+
+    let event = wait_for_event(&app, "call_connection", |e| {
+        e["connection"] == "esign@1/envelope"
+    })
+    .await;
+    assert_eq!(
+        event["function"],
+        format!("file-extract@{version}"),
+        "{event}"
+    );
+    assert!(
+        event["counts"].as_object().is_some_and(|c| !c.is_empty()),
+        "{event}"
+    );
+    assert_audit_has_no_plaintext(&app, &[&STANDARD.encode(PDF), "the contract between"]).await;
+    assert_database_has_no_plaintext(&app, &[&STANDARD.encode(PDF), "the contract between"]).await;
+}
+
+// ---- 4. inbound ------------------------------------------------------------------------------
+
+const NEO_EMAIL: &str = "neo@example.test";
+const NEO_CARD: &str = "4000056655665556";
+
+#[tokio::test]
+async fn inbound_requests_are_tokenized_signed_and_forwarded() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on("/app/signup", Reply::json(201, json!({"welcome": true})));
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    put_secret(&app, "signup_signing", "whsec_test_0123456789").await;
+    set_policies(&app, &connection_policies("signup")).await;
+    let created = create_connection(
+        &app,
+        json!({"name": "signup", "kind": "inbound", "upstream": format!("{}/app", upstream.base()),
+            "signing_secret": "signup_signing",
+            "rate_limit": {"per_minute": 3},
+            "routes": [
+                {"name": "signup", "method": "POST", "path": "/signup",
+                 "request": {"tokenize": [
+                    {"location": "body", "path": "$.email", "vault": "payments", "table": "customers", "column": "email"},
+                    {"location": "body", "path": "$.card", "vault": "payments", "table": "customers", "column": "card_number"}]}},
+                {"name": "status", "method": "GET", "path": "/status", "public": true}]}),
+    )
+    .await;
+    assert_eq!(created["version"], 1, "{created}");
+    let key = created["api_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("sr_"), "{created}");
+    let (_, again) = app.get("/v1/connections/signup").await;
+    assert!(
+        !again.to_string().contains(&key),
+        "the key is shown once: {again}"
+    );
+
+    let body = json!({"email": NEO_EMAIL, "card": NEO_CARD, "plan": "pro"});
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_eq!(a.json(), json!({"welcome": true}));
+
+    let got = upstream.last();
+    assert_eq!(got.path(), "/app/signup");
+    assert!(!got.all_text().contains(NEO_EMAIL), "{}", got.all_text());
+    assert!(!got.all_text().contains(NEO_CARD), "{}", got.all_text());
+    assert!(
+        !got.headers_text().contains(&key),
+        "the client's key stays here"
+    );
+    let forwarded = got.json();
+    assert_eq!(forwarded["plan"], "pro");
+    let email_token = forwarded["email"].as_str().unwrap().to_string();
+    let card_token = forwarded["card"].as_str().unwrap().to_string();
+    assert_eq!(
+        card_token.len(),
+        NEO_CARD.len(),
+        "format preserving: {card_token}"
+    );
+    assert!(
+        card_token.ends_with("5556") || crate::luhn(&card_token),
+        "{card_token}"
+    );
+    assert_eq!(got.header("x-strongroom-connection"), Some("signup"));
+    assert_eq!(
+        got.headers
+            .iter()
+            .filter(|(n, _)| n == "x-strongroom-signature")
+            .count(),
+        1
+    );
+
+    // the signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
+    let signature = got.header("x-strongroom-signature").unwrap().to_string();
+    let (t, v1) = signature
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+        .unwrap_or_else(|| panic!("signature format: {signature}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t_secs: u64 = t.parse().unwrap();
+    assert!(now.abs_diff(t_secs) < 60, "{signature}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_test_0123456789").unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&got.body);
+    assert_eq!(v1, hex::encode(mac.finalize().into_bytes()), "{signature}");
+
+    // a client cannot forge the gateway's own headers
+    let forged = send(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &[
+            ("x-strongroom-signature", "t=1,v1=forged"),
+            ("x-strongroom-connection", "other"),
+        ],
+        Some(("application/json", br#"{"plan":"forged"}"#.to_vec())),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::CREATED, "{}", forged.text());
+    let f = upstream.last();
+    assert!(!f.headers_text().contains("forged"), "{}", f.headers_text());
+    assert!(!f.headers_text().contains("x-strongroom-connection: other"));
+    assert_eq!(f.header("x-strongroom-connection"), Some("signup"));
+
+    // the tokens are the vault's
+    assert_eq!(
+        detokenize(&app, "payments", &email_token, "plain").await,
+        NEO_EMAIL
+    );
+    let masked = detokenize(&app, "payments", &card_token, "masked").await;
+    assert!(
+        masked.ends_with("5556") && !masked.contains(NEO_CARD),
+        "{masked}"
+    );
+
+    // the connection's key is required on private routes
+    let before = upstream.count();
+    let a = send_json(&app, None, Method::POST, "/v1/inbound/signup/signup", &body).await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let a = send_json(
+        &app,
+        Some("sr_not_the_key"),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &body,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    // and a service account's key (even the admin's) is not the connection's key
+    let a = send_json(
+        &app,
+        Some(ADMIN_KEY),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &body,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_eq!(
+        upstream.count(),
+        before,
+        "nothing forwarded without the key"
+    );
+
+    // extra keys and their revocation
+    let (status, k2) = app.post("/v1/connections/signup/keys", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{k2}");
+    let key2 = k2["api_key"].as_str().unwrap().to_string();
+    let a = send_json(
+        &app,
+        Some(&key2),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &json!({"plan": "free"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    let (status, _) = app
+        .delete(&format!(
+            "/v1/connections/signup/keys/{}",
+            k2["key_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let a = send_json(
+        &app,
+        Some(&key2),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &json!({"plan": "free"}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+
+    // a public route needs no key, and is rate-limited per client
+    for i in 0..3 {
+        let a = send(
+            &app,
+            None,
+            Method::GET,
+            "/v1/inbound/signup/status",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "call {i}: {}", a.text());
+    }
+    let before = upstream.count();
+    let a = send(
+        &app,
+        None,
+        Method::GET,
+        "/v1/inbound/signup/status",
+        &[],
+        None,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert_eq!(upstream.count(), before);
+
+    let event = wait_for_event(&app, "inbound_connection", |e| {
+        e["connection"] == "signup@1/signup" && e["status"] == 201
+    })
+    .await;
+    assert!(
+        event["counts"]["tokenized"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
+        "{event}"
+    );
+    assert_audit_has_no_plaintext(&app, &[NEO_EMAIL, NEO_CARD, "whsec_test_0123456789"]).await;
+    assert_database_has_no_plaintext(&app, &[NEO_EMAIL, NEO_CARD, "whsec_test_0123456789"]).await;
+}
+
+#[tokio::test]
+async fn inbound_tokenize_needs_the_connections_permission() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    // no policy lets the connection tokenize
+    let created = create_connection(
+        &app,
+        json!({"name": "signup", "kind": "inbound", "upstream": upstream.base(),
+            "routes": [{"name": "signup", "method": "POST", "path": "/signup",
+                 "request": {"tokenize": [
+                    {"location": "body", "path": "$.email", "vault": "payments", "table": "customers", "column": "email"}]}}]}),
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/signup/signup",
+        &json!({"email": NEO_EMAIL}),
+    )
+    .await;
+    assert_error(a.status, &a.json(), StatusCode::FORBIDDEN, "forbidden");
+    assert!(!a.text().contains(NEO_EMAIL));
+    assert_eq!(
+        upstream.count(),
+        0,
+        "plaintext is never forwarded untokenized"
+    );
+    assert_audit_has_no_plaintext(&app, &[NEO_EMAIL]).await;
+}
+
+// ---- 5. upstream failures and path tricks ----------------------------------------------------
+
+fn proxy_config(name: &str, base_url: &str, total_ms: u64) -> Value {
+    json!({"name": name, "kind": "outbound", "base_url": base_url,
+           "timeouts": {"connect_ms": 1000, "total_ms": total_ms},
+           "routes": [{"name": "any", "method": "*", "path": "/{*rest}"}]})
+}
+
+#[tokio::test]
+async fn upstream_failures_become_gateway_errors() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on(
+        "/slow",
+        Reply::json(200, json!({"late": true})).delay(Duration::from_secs(5)),
+    );
+    upstream.reply_on(
+        "/v1/charges/ch_missing",
+        Reply::json(
+            404,
+            json!({"error": {"type": "invalid_request_error", "message": "No such charge"}}),
+        )
+        .header("x-upstream-error", "missing"),
+    );
+    upstream.reply_on("/boom", Reply::text(500, "upstream exploded"));
+    let app = spawn_app().await;
+    create_connection(&app, proxy_config("proxy", &upstream.base(), 800)).await;
+    create_connection(
+        &app,
+        proxy_config(
+            "closed",
+            &format!("http://127.0.0.1:{}", closed_port()),
+            800,
+        ),
+    )
+    .await;
+
+    // too slow
+    let started = std::time::Instant::now();
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/proxy/slow",
+        &[],
+        None,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(4000),
+        "{:?}",
+        started.elapsed()
+    );
+    // nobody listening
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/closed/anything",
+        &[],
+        None,
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+    );
+    // the third party's own errors pass through as they are
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/proxy/v1/charges/ch_missing",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text());
+    assert_eq!(
+        a.json(),
+        json!({"error": {"type": "invalid_request_error", "message": "No such charge"}})
+    );
+    assert_eq!(
+        a.headers
+            .get("x-upstream-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("missing")
+    );
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::POST,
+        "/v1/gateway/proxy/boom",
+        &[],
+        Some(("text/plain", b"hi".to_vec())),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.text());
+    assert_eq!(a.text(), "upstream exploded");
+    assert!(
+        a.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/plain")),
+        "{:?}",
+        a.headers
+    );
+
+    // each is audited, with its status
+    for (connection, status) in [
+        ("proxy", 504),
+        ("closed", 502),
+        ("proxy", 404),
+        ("proxy", 500),
+    ] {
+        let event = wait_for_event(&app, "call_connection", |e| {
+            e["status"] == status && e["connection"].to_string().contains(connection)
+        })
+        .await;
+        assert_eq!(event["principal"], "admin", "{event}");
+    }
+}
+
+#[tokio::test]
+async fn path_tricks_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    create_connection(
+        &app,
+        proxy_config("proxy", &format!("{}/api", upstream.base()), 5000),
+    )
+    .await;
+
+    for target in [
+        "/v1/gateway/proxy/../admin",
+        "/v1/gateway/proxy/a/../../admin",
+        "/v1/gateway/proxy/a/..",
+        "/v1/gateway/proxy/%2e%2e/admin",
+        "/v1/gateway/proxy/%2E%2E/admin",
+        "/v1/gateway/proxy/.%2e/admin",
+        "/v1/gateway/proxy/a%2fb",
+        "/v1/gateway/proxy/a%2F..%2F..%2Fadmin",
+        "/v1/gateway/proxy//evil.example/x",
+        "/v1/gateway/proxy/http://evil.example/x",
+        "/v1/gateway/proxy/http:%2F%2Fevil.example/x",
+    ] {
+        let (status, body) = raw_http(&app, "GET", target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{target}: {body}");
+        assert_eq!(
+            upstream.count(),
+            0,
+            "{target} reached the upstream: {:?}",
+            upstream.received()
+        );
+    }
+    // the same connection works for a plain path (and keeps its query)
+    let (status, body) = raw_http(&app, "GET", "/v1/gateway/proxy/ok/v1?x=1&y=a%20b").await;
+    assert_eq!(status, 200, "{body}");
+    let got = upstream.last();
+    assert_eq!(got.path(), "/api/ok/v1");
+    assert_eq!(
+        got.query_pairs(),
+        vec![
+            ("x".to_string(), "1".to_string()),
+            ("y".to_string(), "a b".to_string())
+        ]
+    );
+
+    let event = wait_for_event(&app, "call_connection", |e| e["status"] == 400).await;
+    assert!(event["connection"].to_string().contains("proxy"), "{event}");
+    // every refused call is in the log
+    let refused = audit_events(&app, "call_connection")
+        .await
+        .into_iter()
+        .filter(|e| e["status"] == 400)
+        .count();
+    assert_eq!(refused, 11, "one audit event per refused call");
+}
+
+#[tokio::test]
+async fn bodies_over_the_cap_and_redirects_are_not_carried() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on("/big", Reply::text(200, &"x".repeat(4096)));
+    upstream.reply_on(
+        "/moved",
+        Reply::text(302, "").header("location", &format!("{}/elsewhere", upstream.base())),
+    );
+    let app = spawn_app().await;
+    let mut config = proxy_config("capped", &upstream.base(), 5000);
+    config["max_body_bytes"] = json!(1024);
+    create_connection(&app, config).await;
+
+    // a request over the cap is refused before anything is sent
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::POST,
+        "/v1/gateway/capped/upload",
+        &[],
+        Some(("application/octet-stream", vec![b'a'; 2048])),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_eq!(upstream.count(), 0);
+    // a reply over the cap is not handed over
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/capped/big",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+    assert!(!a.text().contains(&"x".repeat(1025)));
+    // redirects are answered, never followed (nor by this test's client)
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{}/v1/gateway/capped/moved", app.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let a = Answer {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.unwrap().to_vec(),
+    };
+    assert_eq!(a.status, StatusCode::FOUND, "{}", a.text());
+    assert_eq!(
+        a.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("{}/elsewhere", upstream.base()).as_str())
+    );
+    let paths: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.path().to_string())
+        .collect();
+    assert_eq!(paths, vec!["/big".to_string(), "/moved".to_string()]);
+}
