@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod connections;
+mod connections_tls;
 mod files;
 mod functions;
 mod governance;

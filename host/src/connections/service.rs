@@ -257,11 +257,11 @@ impl ConnectionService {
         }
         if let Some(tls) = &c.tls {
             if let Some(pem) = &tls.ca_pem
-                && reqwest::Certificate::from_pem_bundle(pem.as_bytes()).is_err()
+                && !usable_certificates(pem)
             {
                 details.push(Detail::field(
                     "tls.ca_pem",
-                    "is not a PEM certificate bundle",
+                    "is not a bundle of PEM certificates (-----BEGIN CERTIFICATE-----)",
                 ));
             }
             if tls.client_cert_pem.is_some() != tls.client_key_secret.is_some() {
@@ -269,6 +269,23 @@ impl ConnectionService {
                     "tls",
                     "client_cert_pem and client_key_secret go together",
                 ));
+            }
+            if let Some(cert) = &tls.client_cert_pem {
+                if !usable_certificates(cert) {
+                    details.push(Detail::field(
+                        "tls.client_cert_pem",
+                        "is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    ));
+                } else if let Some(key) = &tls.client_key_secret
+                    && let Ok(secrets) = self.secrets(&[key.as_str()]).await
+                    && let Some(key_pem) = secrets.get(key.as_str())
+                    && identity(cert, key_pem).is_none()
+                {
+                    details.push(Detail::field(
+                        "tls.client_key_secret",
+                        "holds no PEM private key that fits client_cert_pem",
+                    ));
+                }
             }
         }
         if let Some(v) = &c.vault
@@ -743,21 +760,13 @@ impl ConnectionService {
                 let key_pem = secrets
                     .get(key.as_str())
                     .ok_or_else(|| internal("client key"))?;
-                let mut pem = Zeroizing::new(cert.clone().into_bytes());
-                pem.push(b'\n');
-                pem.extend_from_slice(key_pem.as_bytes());
-                let identity =
-                    reqwest::Identity::from_pem(&pem).map_err(|_| ConnError::Upstream {
-                        status: http::StatusCode::BAD_GATEWAY,
-                        code: "upstream_error",
-                        message: "the connection's client certificate or key does not parse".into(),
-                    })?;
+                let identity = reqwest::Identity::from_pem(&identity_pem(cert, key_pem))
+                    .map_err(|_| unusable_tls())?;
                 builder = builder.identity(identity);
             }
         }
-        let client = builder
-            .build()
-            .map_err(|_| internal("the HTTP client could not be built"))?;
+        // The secret holding the client key may have changed since validation.
+        let client = builder.build().map_err(|_| unusable_tls())?;
         Ok(Compiled {
             name: config.name.clone(),
             version,
@@ -767,6 +776,43 @@ impl ConnectionService {
             client,
         })
     }
+}
+
+fn unusable_tls() -> ConnError {
+    ConnError::Upstream {
+        status: http::StatusCode::BAD_GATEWAY,
+        code: "upstream_error",
+        message: "the connection's TLS settings cannot be used: its client certificate and key do not parse or do not fit; fix the connection or its key secret".into(),
+    }
+}
+
+/// Whether `pem` holds at least one certificate that a TLS client accepts as a root.
+fn usable_certificates(pem: &str) -> bool {
+    match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+        Ok(certs) if !certs.is_empty() => certs
+            .into_iter()
+            .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
+            .build()
+            .is_ok(),
+        _ => false,
+    }
+}
+
+fn identity_pem(cert: &str, key: &str) -> Zeroizing<Vec<u8>> {
+    let mut pem = Zeroizing::new(cert.as_bytes().to_vec());
+    pem.push(b'\n');
+    pem.extend_from_slice(key.as_bytes());
+    pem
+}
+
+/// A client identity from a certificate and its key, if they parse and fit together.
+fn identity(cert: &str, key: &str) -> Option<()> {
+    let identity = reqwest::Identity::from_pem(&identity_pem(cert, key)).ok()?;
+    reqwest::Client::builder()
+        .identity(identity)
+        .build()
+        .ok()
+        .map(|_| ())
 }
 
 fn secret_aad(name: &str) -> Vec<u8> {
