@@ -1290,6 +1290,25 @@ async fn card_numbers_go_upstream_but_never_back_to_the_caller() {
         "egress_blocked",
     );
     assert!(!a.text().contains(ADA_CARD));
+    // a compressed reply cannot be inspected, so after a reveal it does not pass
+    upstream.reply_on(
+        "/v1/echo",
+        Reply::text(200, "\u{1f}\u{8b} opaque bytes").header("content-encoding", "gzip"),
+    );
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo",
+        &json!({"card": {"number": token(&p.ada, "card_number")}}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "egress_blocked",
+    );
 
     let event = wait_for_event(&app, "call_connection", |e| e["status"] == 502).await;
     assert!(

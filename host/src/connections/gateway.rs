@@ -159,9 +159,17 @@ fn from_wit_headers(headers: &[(String, String)]) -> Result<HeaderMap, ConnError
 }
 
 /// Whether any revealed value appears in the message that returns to the caller.
+/// A compressed body cannot be inspected, so it counts as a leak (the gateway never asks for
+/// compression; an upstream that compresses anyway is refused when something was revealed).
 fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bool {
     if revealed.is_empty() {
         return false;
+    }
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return true;
     }
     let mut text = String::from_utf8_lossy(body).into_owned();
     for (k, v) in headers {
