@@ -4,78 +4,14 @@
 //! Run: `cargo build --release -p strongroom -p strongroom-bench && target/release/vault-bench`
 //! Options (environment): `BENCH_RECORDS` (default 100000), `BENCH_CONCURRENCY` (default 4).
 
-use anyhow::{Context, Result, bail};
+mod common;
+
+use anyhow::{Result, bail};
+use common::{ADMIN, connect_pg, percentile, start_server};
 use rand::Rng;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-const ADMIN: &str = "bench-admin-key-0123456789abcdefghijklmnop";
-const MASTER: &str = "bench:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
-
-struct Server {
-    child: std::process::Child,
-    dir: PathBuf,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn start_server() -> Result<Server> {
-    let exe = std::env::current_exe()?.with_file_name("strongroom");
-    if !exe.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p strongroom`",
-            exe.display()
-        );
-    }
-    let dir = std::env::temp_dir().join(format!(
-        "strongroom-bench-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    let child = std::process::Command::new(exe)
-        .arg("serve")
-        .env("STRONGROOM_DATA_DIR", &dir)
-        .env("STRONGROOM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STRONGROOM_ADMIN_KEY", ADMIN)
-        .env("STRONGROOM_MASTER_KEYS", MASTER)
-        .env("STRONGROOM_LOG", "warn")
-        .env("STRONGROOM_DB_POOL_SIZE", "16")
-        .spawn()?;
-    let server = Server {
-        child,
-        dir,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
-            && r.status().is_success()
-        {
-            return Ok(server);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("server did not become ready")
-}
+use std::time::Instant;
 
 fn luhn_complete(prefix: &str) -> String {
     let digits: Vec<u32> = prefix.chars().filter_map(|c| c.to_digit(10)).collect();
@@ -121,29 +57,6 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value
         bail!("{url}: {status}: {json}");
     }
     Ok(json)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-/// Connects to the server's own PostgreSQL (socket and password under its data directory).
-async fn connect_pg(dir: &Path) -> Result<tokio_postgres::Client> {
-    let password =
-        std::fs::read_to_string(dir.join("postgres/password")).context("read password")?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(dir.join("postgres/run"))
-        .user("strongroom")
-        .password(password.trim())
-        .dbname("strongroom");
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 /// `BENCH_EXPLAIN=1`: the plans of the hot queries, on the data just inserted (to see what bounds).
@@ -197,7 +110,7 @@ async fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let batches = total / 1000;
-    let server = start_server().await?;
+    let server = start_server(&[]).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;

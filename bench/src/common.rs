@@ -1,0 +1,100 @@
+//! What the HTTP benchmarks share: starting a release `strongroom serve` as a separate process
+//! (its own PostgreSQL, in a temp data directory), and percentiles.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const ADMIN: &str = "bench-admin-key-0123456789abcdefghijklmnop";
+pub const MASTER: &str = "bench:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
+/// A running server; stopped (SIGTERM) and its data directory removed on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub dir: PathBuf,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `strongroom serve` (next to this executable) with the bench's admin and master keys,
+/// plus `extra_env`, and waits until `/readyz` answers.
+pub async fn start_server(extra_env: &[(&str, &str)]) -> Result<Server> {
+    let exe = std::env::current_exe()?.with_file_name("strongroom");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p strongroom`",
+            exe.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "strongroom-bench-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let child = std::process::Command::new(exe)
+        .arg("serve")
+        .env("STRONGROOM_DATA_DIR", &dir)
+        .env("STRONGROOM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("STRONGROOM_ADMIN_KEY", ADMIN)
+        .env("STRONGROOM_MASTER_KEYS", MASTER)
+        .env("STRONGROOM_LOG", "warn")
+        .env("STRONGROOM_DB_POOL_SIZE", "16")
+        .envs(extra_env.iter().copied())
+        .spawn()?;
+    let server = Server {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
+            && r.status().is_success()
+        {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("server did not become ready")
+}
+
+/// The `p` quantile (0..=1) of sorted durations (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Connects to the server's own PostgreSQL (socket and password under its data directory).
+pub async fn connect_pg(dir: &Path) -> Result<tokio_postgres::Client> {
+    let password =
+        std::fs::read_to_string(dir.join("postgres/password")).context("read password")?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(dir.join("postgres/run"))
+        .user("strongroom")
+        .password(password.trim())
+        .dbname("strongroom");
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
