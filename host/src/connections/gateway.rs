@@ -534,28 +534,15 @@ impl ConnectionService {
 
         // 3. The request function.
         if let Some(f) = &config.request.function {
-            let msg = to_wit(
-                &method,
-                url.as_str(),
-                None,
-                &headers,
-                std::mem::take(&mut body),
-            );
-            let out = self
-                .run_function(f, Hook::Request, msg, purpose, &mut revealed)
-                .await?;
-            if out.url != url.as_str() {
-                url = self.function_url(&conn, &out.url)?;
-            }
-            method = Method::from_bytes(out.method.as_bytes()).map_err(|_| {
-                ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "function_error",
-                    "the function returned an invalid method",
+            (method, url, headers, body) = self
+                .request_function(
+                    &conn,
+                    f,
+                    (method, url, headers, body),
+                    purpose,
+                    &mut revealed,
                 )
-            })?;
-            headers = forwardable(&from_wit_headers(&out.headers)?);
-            body = out.body;
+                .await?;
         }
 
         // 4. The connection's own headers, secrets opened for this call only.
@@ -637,6 +624,36 @@ impl ConnectionService {
             ));
         }
         Ok(resp)
+    }
+
+    /// Runs a route's request function on the outgoing request; its method, URL (same origin,
+    /// under the base path), headers and body are what goes on.
+    async fn request_function(
+        &self,
+        conn: &Compiled,
+        function: &str,
+        (method, url, headers, body): (Method, url::Url, HeaderMap, Vec<u8>),
+        purpose: &str,
+        revealed: &mut Vec<Zeroizing<String>>,
+    ) -> Result<(Method, url::Url, HeaderMap, Vec<u8>), ConnError> {
+        let msg = to_wit(&method, url.as_str(), None, &headers, body);
+        let out = self
+            .run_function(function, Hook::Request, msg, purpose, revealed)
+            .await?;
+        let url = if out.url == url.as_str() {
+            url
+        } else {
+            self.function_url(conn, &out.url)?
+        };
+        let method = Method::from_bytes(out.method.as_bytes()).map_err(|_| {
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "function_error",
+                "the function returned an invalid method",
+            )
+        })?;
+        let headers = forwardable(&from_wit_headers(&out.headers)?);
+        Ok((method, url, headers, out.body))
     }
 
     /// A URL a request function chose: the same origin, under the base path.
@@ -801,28 +818,9 @@ impl ConnectionService {
         let mut method = req.method;
         let mut revealed = Vec::new();
         if let Some(f) = &config.request.function {
-            let msg = to_wit(
-                &method,
-                url.as_str(),
-                None,
-                &headers,
-                std::mem::take(&mut body),
-            );
-            let out = self
-                .run_function(f, Hook::Request, msg, "", &mut revealed)
+            (method, url, headers, body) = self
+                .request_function(&conn, f, (method, url, headers, body), "", &mut revealed)
                 .await?;
-            if out.url != url.as_str() {
-                url = self.function_url(&conn, &out.url)?;
-            }
-            method = Method::from_bytes(out.method.as_bytes()).map_err(|_| {
-                ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "function_error",
-                    "the function returned an invalid method",
-                )
-            })?;
-            headers = forwardable(&from_wit_headers(&out.headers)?);
-            body = out.body;
         }
         headers.insert(
             HeaderName::from_static("x-strongroom-connection"),
