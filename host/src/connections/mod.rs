@@ -55,6 +55,18 @@ pub enum ConnError {
     Internal(String),
 }
 
+impl From<tokio_postgres::Error> for ConnError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnError::Vault(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ConnError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        ConnError::Vault(e.into())
+    }
+}
+
 impl ConnError {
     pub(crate) fn call(
         status: http::StatusCode,

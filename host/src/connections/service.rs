@@ -119,7 +119,7 @@ impl ConnectionService {
             )]));
         }
         let sealed = seal(&self.secrets_key, value.as_bytes(), &secret_aad(name));
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let row = client
             .query_one(
                 "INSERT INTO secrets (name, sealed) VALUES ($1, $2)
@@ -127,8 +127,7 @@ impl ConnectionService {
                  RETURNING updated_at",
                 &[&name, &sealed],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         // Clients built with the old value (a TLS client key) must be rebuilt.
         self.forget_all();
         let at: DateTime<Utc> = row.get(0);
@@ -137,11 +136,10 @@ impl ConnectionService {
 
     /// `GET /v1/secrets`: names only.
     pub async fn list_secrets(&self) -> Result<Value, ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let rows = client
             .query("SELECT name, updated_at FROM secrets ORDER BY name", &[])
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         let list: Vec<Value> = rows
             .iter()
             .map(|r| json!({"name": r.get::<_, String>(0), "updated_at": r.get::<_, DateTime<Utc>>(1)}))
@@ -151,11 +149,10 @@ impl ConnectionService {
 
     /// `DELETE /v1/secrets/{name}`.
     pub async fn delete_secret(&self, name: &str) -> Result<(), ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let n = client
             .execute("DELETE FROM secrets WHERE name = $1", &[&name])
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if n == 0 {
             return Err(not_found(format!("secret `{name}`")));
         }
@@ -171,18 +168,16 @@ impl ConnectionService {
         if names.is_empty() {
             return Ok(HashMap::new());
         }
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let rows = client
             .query(
                 &client
                     .prepare_cached("SELECT name, sealed FROM secrets WHERE name = ANY($1)")
-                    .await
-                    .map_err(VaultError::from)?,
+                    .await?,
                 &[&wanted],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         let mut out = HashMap::new();
         for row in rows {
             let name: String = row.get(0);
@@ -227,7 +222,7 @@ impl ConnectionService {
                 Err(e) => details.push(Detail::field(field, e.to_string())),
             }
         }
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let mut secrets: Vec<(String, &str)> = Vec::new();
         for (name, value) in &c.headers {
             for s in secret_refs(value).unwrap_or_default() {
@@ -243,8 +238,7 @@ impl ConnectionService {
         for (field, name) in secrets {
             let exists = client
                 .query_opt("SELECT 1 FROM secrets WHERE name = $1", &[&name])
-                .await
-                .map_err(VaultError::from)?
+                .await?
                 .is_some();
             if !exists {
                 details.push(Detail::field(
@@ -304,8 +298,7 @@ impl ConnectionService {
                 let Some(f) = f else { continue };
                 let exists = client
                     .query_opt("SELECT 1 FROM functions WHERE name = $1", &[f])
-                    .await
-                    .map_err(VaultError::from)?
+                    .await?
                     .is_some();
                 if !exists {
                     details.push(Detail::field(
@@ -368,15 +361,14 @@ impl ConnectionService {
     /// `POST /v1/connections`: stores version 1; an inbound connection gets its first key.
     pub async fn create(&self, c: ConnectionConfig) -> Result<Value, ConnError> {
         self.validate(&c).await?;
-        let mut client = self.pool.get().await.map_err(VaultError::from)?;
-        let tx = client.transaction().await.map_err(VaultError::from)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let inserted = tx
             .execute(
                 "INSERT INTO connections (name, kind, active_version) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING",
                 &[&c.name, &c.kind.as_str()],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if inserted == 0 {
             return Err(ConnError::Vault(VaultError::Conflict {
                 message: format!("connection `{}` already exists", c.name),
@@ -388,13 +380,12 @@ impl ConnectionService {
             "INSERT INTO connection_versions (name, version, config) VALUES ($1, 1, $2)",
             &[&c.name, &config],
         )
-        .await
-        .map_err(VaultError::from)?;
+        .await?;
         let key = match c.kind {
             Kind::Inbound => Some(self.insert_key(&tx, &c.name).await?),
             Kind::Outbound => None,
         };
-        tx.commit().await.map_err(VaultError::from)?;
+        tx.commit().await?;
         let mut view = self.view(&c.name, 1, 1, config);
         if let Some((id, secret)) = key {
             view["api_key"] = json!(secret.as_str());
@@ -419,16 +410,15 @@ impl ConnectionService {
             )]));
         }
         self.validate(&c).await?;
-        let mut client = self.pool.get().await.map_err(VaultError::from)?;
-        let tx = client.transaction().await.map_err(VaultError::from)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let row = tx
             .query_opt(
                 "SELECT kind, (SELECT max(version) FROM connection_versions WHERE name = $1)
                  FROM connections WHERE name = $1 FOR UPDATE",
                 &[&name],
             )
-            .await
-            .map_err(VaultError::from)?
+            .await?
             .ok_or_else(|| not_found(format!("connection `{name}`")))?;
         let kind: String = row.get(0);
         if kind != c.kind.as_str() {
@@ -443,30 +433,27 @@ impl ConnectionService {
             "INSERT INTO connection_versions (name, version, config) VALUES ($1, $2, $3)",
             &[&name, &version, &config],
         )
-        .await
-        .map_err(VaultError::from)?;
+        .await?;
         tx.execute(
             "UPDATE connections SET active_version = $2, updated_at = now() WHERE name = $1",
             &[&name, &version],
         )
-        .await
-        .map_err(VaultError::from)?;
-        tx.commit().await.map_err(VaultError::from)?;
+        .await?;
+        tx.commit().await?;
         self.forget(name);
         Ok(self.view(name, version, version, config))
     }
 
     /// `POST /v1/connections/{name}/activate`.
     pub async fn activate(&self, name: &str, version: i32) -> Result<Value, ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let n = client
             .execute(
                 "UPDATE connections SET active_version = $2, updated_at = now()
                  WHERE name = $1 AND EXISTS (SELECT 1 FROM connection_versions WHERE name = $1 AND version = $2)",
                 &[&name, &version],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if n == 0 {
             return Err(not_found(format!("connection `{name}` version {version}")));
         }
@@ -476,7 +463,7 @@ impl ConnectionService {
 
     /// `GET /v1/connections/{name}`: the active configuration and the versions.
     pub async fn get(&self, name: &str) -> Result<Value, ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT c.active_version, v.config FROM connections c
@@ -484,8 +471,7 @@ impl ConnectionService {
                  WHERE c.name = $1",
                 &[&name],
             )
-            .await
-            .map_err(VaultError::from)?
+            .await?
             .ok_or_else(|| not_found(format!("connection `{name}`")))?;
         let active: i32 = row.get(0);
         let mut view = self.view(name, active, active, row.get(1));
@@ -494,8 +480,7 @@ impl ConnectionService {
                 "SELECT version, created_at FROM connection_versions WHERE name = $1 ORDER BY version",
                 &[&name],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         view["versions"] = versions
             .iter()
             .map(|r| json!({"version": r.get::<_, i32>(0), "created_at": r.get::<_, DateTime<Utc>>(1)}))
@@ -505,8 +490,7 @@ impl ConnectionService {
                 "SELECT key_id, created_at FROM connection_keys WHERE connection = $1 AND revoked_at IS NULL ORDER BY created_at",
                 &[&name],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if !keys.is_empty() {
             view["keys"] = keys
                 .iter()
@@ -518,7 +502,7 @@ impl ConnectionService {
 
     /// `GET /v1/connections`.
     pub async fn list(&self) -> Result<Value, ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT c.name, c.active_version, v.config FROM connections c
@@ -526,8 +510,7 @@ impl ConnectionService {
                  ORDER BY c.name",
                 &[],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         let list: Vec<Value> = rows
             .iter()
             .map(|r| {
@@ -540,11 +523,10 @@ impl ConnectionService {
 
     /// `DELETE /v1/connections/{name}`.
     pub async fn delete(&self, name: &str) -> Result<(), ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let n = client
             .execute("DELETE FROM connections WHERE name = $1", &[&name])
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if n == 0 {
             return Err(not_found(format!("connection `{name}`")));
         }
@@ -565,18 +547,16 @@ impl ConnectionService {
                 "INSERT INTO connection_keys (key_id, connection, hash) VALUES ($1, $2, $3)",
                 &[&key.id, &connection, &digest.to_vec()],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         Ok((key.id, key.secret))
     }
 
     /// `POST /v1/connections/{name}/keys`.
     pub async fn add_key(&self, name: &str) -> Result<Value, ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let kind: Option<String> = client
             .query_opt("SELECT kind FROM connections WHERE name = $1", &[&name])
-            .await
-            .map_err(VaultError::from)?
+            .await?
             .map(|r| r.get(0));
         match kind.as_deref() {
             None => return Err(not_found(format!("connection `{name}`"))),
@@ -594,14 +574,13 @@ impl ConnectionService {
 
     /// `DELETE /v1/connections/{name}/keys/{key_id}`.
     pub async fn revoke_key(&self, name: &str, key_id: &str) -> Result<(), ConnError> {
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let n = client
             .execute(
                 "UPDATE connection_keys SET revoked_at = now() WHERE connection = $1 AND key_id = $2 AND revoked_at IS NULL",
                 &[&name, &key_id],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         if n == 0 {
             return Err(not_found(format!("key `{key_id}`")));
         }
@@ -617,19 +596,17 @@ impl ConnectionService {
         let Some((key_id, digest)) = self.deps.gov.accounts.digest(presented) else {
             return Ok(None);
         };
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 &client
                     .prepare_cached(
                         "SELECT hash FROM connection_keys WHERE key_id = $1 AND connection = $2 AND revoked_at IS NULL",
                     )
-                    .await
-                    .map_err(VaultError::from)?,
+                    .await?,
                 &[&key_id, &name],
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await?;
         // INVARIANT: compared in constant time, as keyed hashes.
         Ok(row
             .filter(|r| constant_time_eq(&digest, &r.get::<_, Vec<u8>>(0)))
@@ -655,7 +632,7 @@ impl ConnectionService {
         if let Some(c) = self.compiled.read().ok().and_then(|m| m.get(name).cloned()) {
             return Ok(c);
         }
-        let client = self.pool.get().await.map_err(VaultError::from)?;
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT c.active_version, v.config FROM connections c
@@ -663,8 +640,7 @@ impl ConnectionService {
                  WHERE c.name = $1",
                 &[&name],
             )
-            .await
-            .map_err(VaultError::from)?
+            .await?
             .ok_or_else(|| not_found(format!("connection `{name}`")))?;
         let version: i32 = row.get(0);
         let config: ConnectionConfig = serde_json::from_value(row.get(1))
