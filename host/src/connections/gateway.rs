@@ -546,8 +546,7 @@ impl ConnectionService {
         }
 
         // 4. The connection's own headers, secrets opened for this call only.
-        self.add_configured_headers(&conn, &mut headers, &mut revealed)
-            .await?;
+        Self::add_configured_headers(&conn, &mut headers, &mut revealed);
 
         // 5. The third party.
         let mut resp = self
@@ -678,47 +677,16 @@ impl ConnectionService {
         egress::join_path(&conn.base, rest, url.query()).map_err(|_| refused())
     }
 
-    async fn add_configured_headers(
-        &self,
+    /// The connection's own headers (secrets already filled in when the version compiled).
+    fn add_configured_headers(
         conn: &Compiled,
         headers: &mut HeaderMap,
         revealed: &mut Vec<Zeroizing<String>>,
-    ) -> Result<(), ConnError> {
-        if conn.config.headers.is_empty() {
-            return Ok(());
+    ) {
+        for (name, value) in &conn.headers {
+            headers.insert(name.clone(), value.clone());
         }
-        let names: Vec<&str> = conn
-            .config
-            .headers
-            .values()
-            .flat_map(|v| super::config::secret_refs(v).unwrap_or_default())
-            .collect();
-        let secrets = self.secrets(&names).await?;
-        for (name, template) in &conn.config.headers {
-            let mut value = Zeroizing::new(template.clone());
-            for (secret, plain) in &secrets {
-                let needle = format!("{{{{secret.{secret}}}}}");
-                if value.contains(&needle) {
-                    *value = value.replace(&needle, plain.as_str());
-                }
-            }
-            let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) else {
-                return Err(ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!(
-                        "the connection's header `{name}` is not valid HTTP once its secrets are filled in"
-                    ),
-                ));
-            };
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        revealed.extend(secrets.into_values());
-        Ok(())
+        revealed.extend(conn.secret_values.iter().cloned());
     }
 
     /// `ANY /v1/inbound/{connection}/{path…}`: authenticated here, with the connection's own
@@ -827,11 +795,7 @@ impl ConnectionService {
             HeaderValue::from_str(name)
                 .map_err(|_| ConnError::Internal("connection name".into()))?,
         );
-        if let Some(secret) = &conn.config.signing_secret {
-            let secrets = self.secrets(&[secret.as_str()]).await?;
-            let key = secrets
-                .get(secret.as_str())
-                .ok_or_else(|| ConnError::Internal("signing secret".into()))?;
+        if let Some(key) = &conn.signing_key {
             let t = chrono::Utc::now().timestamp();
             let signature = sign(key.as_bytes(), t, &body);
             headers.insert(
@@ -840,8 +804,7 @@ impl ConnectionService {
                     .map_err(|_| ConnError::Internal("signature header".into()))?,
             );
         }
-        self.add_configured_headers(&conn, &mut headers, &mut revealed)
-            .await?;
+        Self::add_configured_headers(&conn, &mut headers, &mut revealed);
         let resp = self.forward(&conn, method, url, headers, body).await?;
         if leaks(&resp.headers, &resp.body, &revealed) {
             audit::note(|e| e.count("egress_blocked", 1));

@@ -22,6 +22,12 @@ pub struct Compiled {
     pub base: url::Url,
     pub routes: Vec<CompiledRoute>,
     pub client: reqwest::Client,
+    /// The configured headers with their secrets filled in (marked sensitive).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Inbound: the key that signs forwarded bodies.
+    pub signing_key: Option<Zeroizing<String>>,
+    /// Every secret value this version sends: none may come back to the caller.
+    pub secret_values: Vec<Zeroizing<String>>,
 }
 
 pub struct CompiledRoute {
@@ -718,6 +724,22 @@ impl ConnectionService {
                 )?,
             });
         }
+        // Secrets are opened once per compiled version (dropped when a secret changes).
+        let mut names: Vec<&str> = config
+            .headers
+            .values()
+            .flat_map(|v| secret_refs(v).unwrap_or_default())
+            .collect();
+        names.extend(config.signing_secret.as_deref());
+        names.extend(
+            config
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_key_secret.as_deref()),
+        );
+        names.sort_unstable();
+        names.dedup();
+        let secrets = self.secrets(&names).await?;
         let mut builder = egress::client_builder(self.egress.clone())
             .connect_timeout(std::time::Duration::from_millis(config.timeouts.connect_ms))
             .timeout(std::time::Duration::from_millis(config.timeouts.total_ms))
@@ -732,7 +754,6 @@ impl ConnectionService {
                 }
             }
             if let (Some(cert), Some(key)) = (&tls.client_cert_pem, &tls.client_key_secret) {
-                let secrets = self.secrets(&[key.as_str()]).await?;
                 let key_pem = secrets
                     .get(key.as_str())
                     .ok_or_else(|| internal("client key"))?;
@@ -743,6 +764,26 @@ impl ConnectionService {
         }
         // The secret holding the client key may have changed since validation.
         let client = builder.build().map_err(|_| unusable_tls())?;
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, template)| header_with_secrets(name, template, &secrets))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signing_key = match &config.signing_secret {
+            Some(name) => Some(
+                secrets
+                    .get(name.as_str())
+                    .cloned()
+                    .ok_or_else(|| internal("signing secret"))?,
+            ),
+            None => None,
+        };
+        let secret_values = config
+            .headers
+            .values()
+            .flat_map(|v| secret_refs(v).unwrap_or_default())
+            .filter_map(|name| secrets.get(name).cloned())
+            .collect();
         Ok(Compiled {
             name: config.name.clone(),
             version,
@@ -750,8 +791,40 @@ impl ConnectionService {
             base,
             routes,
             client,
+            headers,
+            signing_key,
+            secret_values,
         })
     }
+}
+
+/// A configured header with its `{{secret.<name>}}` references filled in.
+fn header_with_secrets(
+    name: &str,
+    template: &str,
+    secrets: &HashMap<String, Zeroizing<String>>,
+) -> Result<(http::HeaderName, http::HeaderValue), ConnError> {
+    let mut value = Zeroizing::new(template.to_string());
+    for (secret, plain) in secrets {
+        let needle = format!("{{{{secret.{secret}}}}}");
+        if value.contains(&needle) {
+            *value = value.replace(&needle, plain.as_str());
+        }
+    }
+    let (Ok(header), Ok(mut value)) = (
+        http::HeaderName::from_bytes(name.as_bytes()),
+        http::HeaderValue::from_str(&value),
+    ) else {
+        return Err(ConnError::call(
+            http::StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!(
+                "the connection's header `{name}` is not valid HTTP once its secrets are filled in"
+            ),
+        ));
+    };
+    value.set_sensitive(true);
+    Ok((header, value))
 }
 
 fn unusable_tls() -> ConnError {
