@@ -12,6 +12,7 @@ use super::config::{Kind, matches};
 use super::egress;
 use super::locations::{self, Found, Message, Selector};
 use super::service::{Compiled, CompiledRoute, ConnectionService};
+use crate::functions::holds_revealed;
 use crate::functions::sandbox::{Hook, HttpMessage};
 use crate::governance::accounts::{Account, Caller};
 use crate::governance::audit;
@@ -176,9 +177,7 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bo
         text.push_str(k.as_str());
         text.push_str(&String::from_utf8_lossy(v.as_bytes()));
     }
-    revealed
-        .iter()
-        .any(|v| v.len() >= 4 && text.contains(v.as_str()))
+    holds_revealed(&text, revealed)
 }
 
 impl ConnectionService {
@@ -242,11 +241,8 @@ impl ConnectionService {
             };
             // A guest's message is its own text: it must not carry what it revealed, and its
             // internal failures are logged, not shown.
-            let shown = f.message.starts_with("internal")
-                || revealed
-                    .iter()
-                    .any(|v| v.len() >= 4 && f.message.contains(v.as_str()));
-            let message = if shown {
+            let hidden = f.message.starts_with("internal") || holds_revealed(&f.message, revealed);
+            let message = if hidden {
                 format!("the function `{name}` failed ({})", f.kind)
             } else {
                 format!("the function `{name}` refused the message: {}", f.message)

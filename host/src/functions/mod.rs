@@ -988,9 +988,18 @@ pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
         s.push_str(&String::from_utf8_lossy(&out.body));
         s
     };
+    holds_revealed(&text, revealed)
+}
+
+/// Shorter values (a 3-digit CVC, `CA`) would match by chance too often to be told apart.
+const MIN_MATCHED_LEN: usize = 4;
+
+/// Whether `text` contains any of the values revealed during a call: the one rule behind every
+/// egress check (functions' test runs, connection replies, error messages).
+pub fn holds_revealed(text: &str, revealed: &[Zeroizing<String>]) -> bool {
     revealed
         .iter()
-        .any(|v| v.len() >= 4 && text.contains(v.as_str()))
+        .any(|v| v.len() >= MIN_MATCHED_LEN && text.contains(v.as_str()))
 }
 
 /// Loads a compiled component from the cache.
