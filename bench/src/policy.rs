@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use strongroom::config::Settings;
-use strongroom::governance::accounts::{Account, Caller};
+use strongroom::governance::accounts::Caller;
 use strongroom::governance::engine::{EntityStore, Facts, Kind, PolicyEngine, action, uid};
 use strongroom::startup::Application;
 use strongroom::vault::access::OpenGate;
@@ -185,15 +185,7 @@ async fn detokenize() -> Result<()> {
         }
     }
     // Written as an admin (admin-all in the set keeps the author able to write policies).
-    let author = Caller {
-        account: std::sync::Arc::new(Account {
-            id: uuid::Uuid::nil(),
-            name: "bench".into(),
-            roles: vec!["admin".into()],
-            attributes: BTreeMap::new(),
-        }),
-        key_id: "bench".into(),
-    };
+    let author = Caller::principal("bench", "admin", "bench".into());
     gov.put_policies(&hundred_policies(), &author)
         .await
         .map_err(|e| anyhow!("{e}"))?;

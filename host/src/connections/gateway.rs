@@ -14,7 +14,7 @@ use super::locations::{self, Found, Message, Selector};
 use super::service::{Compiled, CompiledRoute, ConnectionService};
 use crate::functions::holds_revealed;
 use crate::functions::sandbox::{Hook, HttpMessage};
-use crate::governance::accounts::{Account, Caller};
+use crate::governance::accounts::Caller;
 use crate::governance::audit;
 use crate::governance::gate::CedarGate;
 use crate::vault::{Redaction, VaultError};
@@ -22,7 +22,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 use zeroize::Zeroizing;
 
@@ -102,15 +101,7 @@ fn returnable(headers: &HeaderMap) -> HeaderMap {
 
 /// The connection's principal in Cedar: `Connection::"<name>"`, role `connection`.
 fn connection_caller(c: &Compiled) -> Caller {
-    Caller {
-        account: Arc::new(Account {
-            id: uuid::Uuid::nil(),
-            name: c.name.clone(),
-            roles: vec!["connection".into()],
-            attributes: BTreeMap::new(),
-        }),
-        key_id: format!("v{}", c.version),
-    }
+    Caller::principal(&c.name, "connection", format!("v{}", c.version))
 }
 
 fn location_error(e: locations::LocationError) -> ConnError {

@@ -8,7 +8,7 @@
 
 pub mod sandbox;
 
-use crate::governance::accounts::{Account, Caller};
+use crate::governance::accounts::Caller;
 use crate::governance::gate::CedarGate;
 use crate::governance::{Governance, audit};
 use crate::vault::access::{DataAction, Gate, RowFacts};
@@ -18,7 +18,7 @@ use deadpool_postgres::Pool;
 use sandbox::{Failure, Hook, HttpMessage, Sandbox, State, TransformPre};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -768,15 +768,7 @@ impl FunctionService {
         let access = Arc::new(VaultAccess {
             vault: self.vault.clone(),
             gov: self.gov.clone(),
-            caller: Caller {
-                account: Arc::new(Account {
-                    id: Uuid::nil(),
-                    name: loaded.name.clone(),
-                    roles: vec!["function".into()],
-                    attributes: BTreeMap::new(),
-                }),
-                key_id: loaded.version.clone(),
-            },
+            caller: Caller::principal(&loaded.name, "function", loaded.version.clone()),
             grants: loaded.manifest.grants.clone(),
             purpose: purpose.to_string(),
             runtime: tokio::runtime::Handle::current(),

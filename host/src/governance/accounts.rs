@@ -43,6 +43,22 @@ pub struct Caller {
     pub key_id: String,
 }
 
+impl Caller {
+    /// A principal that is not a stored account (a function, a connection): its name, its one
+    /// role, and what stands in for the key id (its version).
+    pub fn principal(name: &str, role: &str, key_id: String) -> Caller {
+        Caller {
+            account: Arc::new(Account {
+                id: Uuid::nil(),
+                name: name.to_string(),
+                roles: vec![role.to_string()],
+                attributes: BTreeMap::new(),
+            }),
+            key_id,
+        }
+    }
+}
+
 /// A key's public description.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyInfo {
