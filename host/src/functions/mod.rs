@@ -288,6 +288,15 @@ fn rank(level: Redaction) -> u8 {
     }
 }
 
+/// The most revealing level the manifest's grants give on a column, if any.
+fn granted_level(grants: &[Grant], vault: &str, table: &str, column: &str) -> Option<Redaction> {
+    grants
+        .iter()
+        .filter(|g| g.vault == vault && g.table == table && g.columns.iter().any(|c| c == column))
+        .filter_map(|g| Redaction::parse(&g.redaction))
+        .max_by_key(|l| rank(*l))
+}
+
 impl Gate for GrantGate {
     fn reveal(
         &self,
@@ -298,14 +307,7 @@ impl Gate for GrantGate {
         row: &RowFacts,
         requested: Redaction,
     ) -> Option<Redaction> {
-        let granted = self
-            .grants
-            .iter()
-            .filter(|g| {
-                g.vault == vault.name && g.table == table.name && g.columns.contains(&column.name)
-            })
-            .filter_map(|g| Redaction::parse(&g.redaction))
-            .max_by_key(|l| rank(*l))?;
+        let granted = granted_level(&self.grants, &vault.name, &table.name, &column.name)?;
         let level = match requested {
             Redaction::Default => granted,
             l if rank(l) <= rank(granted) => l,
@@ -432,13 +434,7 @@ impl FunctionHost for VaultAccess {
         column: &str,
     ) -> Result<crate::types::file::FileValue, String> {
         // The manifest must grant the column at plain before the vault is asked at all.
-        let granted = self.grants.iter().any(|g| {
-            g.vault == vault
-                && g.table == table
-                && g.columns.iter().any(|c| c == column)
-                && g.redaction == "plain"
-        });
-        if !granted {
+        if granted_level(&self.grants, vault, table, column) != Some(Redaction::Plain) {
             return Err("forbidden".into());
         }
         let gate = self.gate();
