@@ -459,6 +459,53 @@ impl ConnectionService {
         Ok(out)
     }
 
+    /// Replaces the values at a route's tokenize locations in `msg` by tokens. `reply`: the
+    /// message is the upstream's, so a failure is the upstream's (502), not the caller's (400).
+    async fn tokenize_in(
+        &self,
+        conn: &Compiled,
+        rules: &[super::config::TokenizeRule],
+        selectors: &[Selector],
+        msg: &mut Message<'_>,
+        purpose: &str,
+        reply: bool,
+    ) -> Result<(), ConnError> {
+        let fail = |e: locations::LocationError| {
+            if reply {
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("the upstream's reply: {e}"),
+                )
+            } else {
+                location_error(e)
+            }
+        };
+        let found = locations::collect(msg, selectors).map_err(fail)?;
+        if found.len() > MAX_VALUES {
+            return Err(if reply {
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("the upstream's reply holds more than {MAX_VALUES} values to tokenize"),
+                )
+            } else {
+                ConnError::call(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("at most {MAX_VALUES} values per call"),
+                )
+            });
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        let edits = self
+            .tokenize(conn, rules, selectors, found, purpose, reply)
+            .await?;
+        locations::replace(msg, selectors, edits).map_err(fail)
+    }
+
     /// `ANY /v1/gateway/{connection}/{path…}`: the caller is already authenticated and allowed
     /// to call this connection.
     pub async fn call_outbound(
@@ -473,13 +520,7 @@ impl ConnectionService {
         }
         let route = self.route(&conn, &req.method, &req.raw_path)?;
         let config = conn.route(route.index);
-        if req.body.len() > conn.config.max_body_bytes {
-            return Err(ConnError::call(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is larger than the connection's max_body_bytes",
-            ));
-        }
+        check_body(&conn, &req.body)?;
         let mut headers = forwardable(&req.headers);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
@@ -512,11 +553,7 @@ impl ConnectionService {
         }
 
         // 2. Where it goes (the caller's path may not leave the base URL).
-        let query = (!query.is_empty()).then_some(query);
-        let mut url =
-            egress::join_path(&conn.base, &req.raw_path, query.as_deref()).map_err(|e| {
-                ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
-            })?;
+        let mut url = target(&conn, &req.raw_path, query)?;
         let mut method = req.method;
 
         // 3. The request function.
@@ -532,7 +569,7 @@ impl ConnectionService {
                 .await?;
         }
 
-        // 4. The connection's own headers, secrets opened for this call only.
+        // 4. The connection's own headers (secrets filled in when the version compiled).
         Self::add_configured_headers(&conn, &mut headers, &mut revealed);
 
         // 5. The third party.
@@ -565,39 +602,15 @@ impl ConnectionService {
                 query: None,
                 body: &mut resp.body,
             };
-            let found = locations::collect(&msg, &route.tokenize_response).map_err(|e| {
-                ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!("the upstream's reply: {e}"),
-                )
-            })?;
-            if found.len() > MAX_VALUES {
-                return Err(ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!("the upstream's reply holds more than {MAX_VALUES} values to tokenize"),
-                ));
-            }
-            if !found.is_empty() {
-                let edits = self
-                    .tokenize(
-                        &conn,
-                        &config.response.tokenize,
-                        &route.tokenize_response,
-                        found,
-                        purpose,
-                        true,
-                    )
-                    .await?;
-                locations::replace(&mut msg, &route.tokenize_response, edits).map_err(|e| {
-                    ConnError::call(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_error",
-                        format!("the upstream's reply: {e}"),
-                    )
-                })?;
-            }
+            self.tokenize_in(
+                &conn,
+                &config.response.tokenize,
+                &route.tokenize_response,
+                &mut msg,
+                purpose,
+                true,
+            )
+            .await?;
         }
 
         // 7. Nothing revealed goes back.
@@ -725,13 +738,7 @@ impl ConnectionService {
                 }
             }
         }
-        if req.body.len() > conn.config.max_body_bytes {
-            return Err(ConnError::call(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is larger than the connection's max_body_bytes",
-            ));
-        }
+        check_body(&conn, &req.body)?;
         let mut headers = forwardable(&req.headers);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
@@ -741,35 +748,17 @@ impl ConnectionService {
                 query: Some(&mut query),
                 body: &mut body,
             };
-            let found =
-                locations::collect(&msg, &route.tokenize_request).map_err(location_error)?;
-            if found.len() > MAX_VALUES {
-                return Err(ConnError::call(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("at most {MAX_VALUES} values per call"),
-                ));
-            }
-            if !found.is_empty() {
-                let edits = self
-                    .tokenize(
-                        &conn,
-                        &config.request.tokenize,
-                        &route.tokenize_request,
-                        found,
-                        "",
-                        false,
-                    )
-                    .await?;
-                locations::replace(&mut msg, &route.tokenize_request, edits)
-                    .map_err(location_error)?;
-            }
+            self.tokenize_in(
+                &conn,
+                &config.request.tokenize,
+                &route.tokenize_request,
+                &mut msg,
+                "",
+                false,
+            )
+            .await?;
         }
-        let query = (!query.is_empty()).then_some(query);
-        let mut url =
-            egress::join_path(&conn.base, &req.raw_path, query.as_deref()).map_err(|e| {
-                ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
-            })?;
+        let mut url = target(&conn, &req.raw_path, query)?;
         let mut method = req.method;
         let mut revealed = Vec::new();
         if let Some(f) = &config.request.function {
@@ -803,6 +792,25 @@ impl ConnectionService {
         }
         Ok(resp)
     }
+}
+
+/// Refuses a body over the connection's cap.
+fn check_body(conn: &Compiled, body: &[u8]) -> Result<(), ConnError> {
+    if body.len() > conn.config.max_body_bytes {
+        return Err(ConnError::call(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than the connection's max_body_bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Where a call goes: the caller's path and query under the base URL (never outside it).
+fn target(conn: &Compiled, raw_path: &str, query: String) -> Result<url::Url, ConnError> {
+    let query = (!query.is_empty()).then_some(query);
+    egress::join_path(&conn.base, raw_path, query.as_deref())
+        .map_err(|e| ConnError::call(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
 }
 
 /// `hex(HMAC-SHA256(secret, "<t>." || body))`: what an upstream recomputes to verify an inbound
