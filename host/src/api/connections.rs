@@ -227,8 +227,18 @@ async fn call_request(
         raw_path,
         raw_query,
         headers: parts.headers,
-        body: body.to_vec(),
+        // Without a copy when the buffer is not shared.
+        body: body.into(),
     })
+}
+
+/// The `{connection}` segment of the gateway routes (the `{*path}` tail is read raw instead).
+fn connection_param(params: Vec<(String, String)>) -> String {
+    params
+        .into_iter()
+        .find(|(k, _)| k == "connection")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
 }
 
 fn respond(r: CallResponse) -> Response {
@@ -251,11 +261,7 @@ async fn gateway(
     Path(params): Path<Vec<(String, String)>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let connection = params
-        .iter()
-        .find(|(k, _)| k == "connection")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let connection = connection_param(params);
     note_connection(&connection);
     authorize_call(&s, &p, &connection)?;
     let call = call_request("/v1/gateway/", &connection, &uri, req).await?;
@@ -273,11 +279,7 @@ async fn inbound(
     Path(params): Path<Vec<(String, String)>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let connection = params
-        .iter()
-        .find(|(k, _)| k == "connection")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let connection = connection_param(params);
     note_connection(&connection);
     let client = req
         .extensions()
