@@ -40,7 +40,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::ReadRecord, Some(&vault))?;
     note_table(&table);
-    let file = s
+    let mut file = s
         .vault
         .read_file(&vault, &table, &id, &column, &p.gate(&s))
         .await?;
@@ -49,7 +49,8 @@ async fn download(
         "attachment; filename*=UTF-8''{}",
         utf8_percent_encode(&file.name, NON_ALPHANUMERIC)
     );
-    let mut response = Body::from(file.data.to_vec()).into_response();
+    // Moved, not copied: the buffer handed to the response is the only one left.
+    let mut response = Body::from(std::mem::take(&mut *file.data)).into_response();
     let headers = response.headers_mut();
     // The media type was validated on the way in (`type/subtype`, restricted characters).
     if let Ok(v) = HeaderValue::from_str(&file.media_type) {

@@ -240,7 +240,7 @@ impl self::strongroom::function::vault::Host for State {
         if record.is_empty() || !self.message_text.contains(record.as_str()) {
             return Err("forbidden: the record does not appear in the message".into());
         }
-        let file = self.host.read_file(&vault, &table, &record, &column)?;
+        let mut file = self.host.read_file(&vault, &table, &record, &column)?;
         // The egress guard looks for the content as the guest is likely to pass it on: base64,
         // and the bytes themselves when they are text.
         self.revealed.push(Zeroizing::new(base64::Engine::encode(
@@ -250,10 +250,11 @@ impl self::strongroom::function::vault::Host for State {
         if let Ok(text) = std::str::from_utf8(&file.data) {
             self.revealed.push(Zeroizing::new(text.to_string()));
         }
+        // Moved into the guest's call, not copied.
         Ok(self::strongroom::function::vault::File {
-            name: file.name.clone(),
-            media_type: file.media_type.clone(),
-            data: file.data.to_vec(),
+            data: std::mem::take(&mut *file.data),
+            name: file.name,
+            media_type: file.media_type,
         })
     }
 }

@@ -96,27 +96,6 @@ pub fn check_media_type(media_type: &str) -> Result<String, InvalidValue> {
     }
 }
 
-/// Builds the canonical text of a file from its parts (the multipart upload path).
-pub fn canonical_from_parts(
-    name: &str,
-    media_type: &str,
-    data: &[u8],
-) -> Result<Zeroizing<String>, InvalidValue> {
-    check_name(name)?;
-    let media_type = check_media_type(media_type)?;
-    if data.len() > MAX_FILE_BYTES {
-        return invalid("file is larger than 16 MiB");
-    }
-    let canonical = Canonical {
-        name: name.to_string(),
-        media_type,
-        data: STANDARD.encode(data),
-    };
-    serde_json::to_string(&canonical)
-        .map(Zeroizing::new)
-        .or_else(|_| invalid("file could not be encoded"))
-}
-
 /// Validates a submitted file and returns its canonical text.
 pub fn normalize(input: &Value) -> Result<String, InvalidValue> {
     if !input.is_object() {
@@ -129,12 +108,23 @@ pub fn normalize(input: &Value) -> Result<String, InvalidValue> {
     if submitted.content_base64.len() > MAX_FILE_BYTES.div_ceil(3) * 4 {
         return invalid("file is larger than 16 MiB");
     }
+    // Decoded only to check it: the standard engine accepts canonical base64 alone (padding
+    // required, no stray bits), so the submitted text is already the canonical encoding.
     let Ok(data) = STANDARD.decode(submitted.content_base64.as_bytes()) else {
         return invalid("content_base64 is not standard base64");
     };
-    let data = Zeroizing::new(data);
-    canonical_from_parts(&submitted.name, &submitted.media_type, &data)
-        .map(|text| text.as_str().to_string())
+    let size = Zeroizing::new(data).len();
+    check_name(&submitted.name)?;
+    let media_type = check_media_type(&submitted.media_type)?;
+    if size > MAX_FILE_BYTES {
+        return invalid("file is larger than 16 MiB");
+    }
+    let canonical = Canonical {
+        name: submitted.name,
+        media_type,
+        data: submitted.content_base64,
+    };
+    serde_json::to_string(&canonical).or_else(|_| invalid("file could not be encoded"))
 }
 
 fn canonical(text: &str) -> Option<Canonical> {
@@ -223,6 +213,21 @@ mod tests {
         for input in bad {
             assert!(normalize(&input).is_err(), "{input}");
         }
+    }
+
+    #[test]
+    fn keeps_only_canonical_base64() {
+        // The canonical text reuses the submitted base64, so only one spelling may pass.
+        for content in ["QQ", "QR==", "QQ=", " QQ=="] {
+            let input =
+                json!({"name": "a.txt", "media_type": "text/plain", "content_base64": content});
+            assert!(normalize(&input).is_err(), "{content}");
+        }
+        let input = json!({"name": "a.txt", "media_type": "text/plain", "content_base64": "QQ=="});
+        assert_eq!(
+            open(&normalize(&input).unwrap_or_default()).map(|f| f.data.to_vec()),
+            Some(b"A".to_vec())
+        );
     }
 
     #[test]
