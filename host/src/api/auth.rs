@@ -12,7 +12,7 @@ use crate::governance::audit::{self, Event};
 use crate::governance::gate::CedarGate;
 use crate::governance::{Target, valid_purpose};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, Mutex};
@@ -189,15 +189,7 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+    let presented = crate::governance::accounts::bearer(req.headers())
         .filter(|k| !k.is_empty() && k.len() <= 512)
         .ok_or_else(ApiError::unauthenticated)?;
     let caller = match s.gov.accounts.authenticate(presented).await? {

@@ -128,6 +128,28 @@ pub struct Route {
     pub response: ResponseRules,
 }
 
+impl Route {
+    /// Every tokenize rule of this route (request and response), with the field path that
+    /// names it in errors, for route number `i`.
+    pub fn tokenize_rules(&self, i: usize) -> impl Iterator<Item = (String, &TokenizeRule)> {
+        let at = move |hook: &'static str| {
+            move |(j, t)| (format!("routes[{i}].{hook}.tokenize[{j}]"), t)
+        };
+        self.request
+            .tokenize
+            .iter()
+            .enumerate()
+            .map(at("request"))
+            .chain(
+                self.response
+                    .tokenize
+                    .iter()
+                    .enumerate()
+                    .map(at("response")),
+            )
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestRules {
@@ -422,20 +444,7 @@ pub fn check_shape(c: &ConnectionConfig, mut fail: impl FnMut(String, String)) {
                 Some(_) => {}
             }
         }
-        let tokenize = r
-            .request
-            .tokenize
-            .iter()
-            .enumerate()
-            .map(|(j, t)| (format!("routes[{i}].request.tokenize[{j}]"), t))
-            .chain(
-                r.response
-                    .tokenize
-                    .iter()
-                    .enumerate()
-                    .map(|(j, t)| (format!("routes[{i}].response.tokenize[{j}]"), t)),
-            );
-        for (at, t) in tokenize {
+        for (at, t) in r.tokenize_rules(i) {
             if let Err(e) = Selector::parse(t.location, &t.path) {
                 fail(format!("{at}.path"), e.to_string());
             }

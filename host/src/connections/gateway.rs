@@ -717,16 +717,7 @@ impl ConnectionService {
                 ));
             }
         } else {
-            let presented = req
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .unwrap_or_default();
+            let presented = crate::governance::accounts::bearer(&req.headers).unwrap_or_default();
             match self.check_key(name, presented).await? {
                 Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
                 None => {

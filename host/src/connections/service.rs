@@ -323,20 +323,7 @@ impl ConnectionService {
                     ));
                 }
             }
-            let rules = r
-                .request
-                .tokenize
-                .iter()
-                .enumerate()
-                .map(|(j, t)| (format!("routes[{i}].request.tokenize[{j}]"), t))
-                .chain(
-                    r.response
-                        .tokenize
-                        .iter()
-                        .enumerate()
-                        .map(|(j, t)| (format!("routes[{i}].response.tokenize[{j}]"), t)),
-                );
-            for (at, t) in rules {
+            for (at, t) in r.tokenize_rules(i) {
                 let problem = match self.deps.vault.load(&t.vault).await {
                     Err(_) => Some(("vault", format!("vault `{}` does not exist", t.vault))),
                     Ok(v) => match v.table(&t.table) {

@@ -121,6 +121,18 @@ fn generate_key() -> NewKey {
     }
 }
 
+/// The key in `Authorization: Bearer <key>`, if the header is there and says so.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 /// Splits `sr_<id>_<secret>` into the id and the secret.
 fn parse_key(presented: &str) -> Option<(&str, &str)> {
     let rest = presented.strip_prefix("sr_")?;
