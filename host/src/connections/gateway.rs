@@ -217,10 +217,7 @@ impl ConnectionService {
                 ),
                 other => ConnError::Internal(other.to_string()),
             })?;
-        audit::note(|e| {
-            e.function = Some(t.version.clone());
-            e.count("function_us", t.duration_us);
-        });
+        audit::note(|e| e.count("function_us", t.duration_us));
         revealed.extend(t.revealed);
         t.result.map_err(|f| {
             let (status, code) = match (f.kind, f.message.split(':').next()) {

@@ -184,9 +184,8 @@ pub struct Invocation {
 }
 
 /// The outcome of a function on a connection's path.
+/// (`run` has named the function's version in the request's audit event.)
 pub struct Transformed {
-    /// `name@version`, for the audit event.
-    pub version: String,
     pub result: Result<HttpMessage, Failure>,
     /// Every plaintext the function revealed.
     pub revealed: Vec<Zeroizing<String>>,
@@ -806,9 +805,8 @@ impl FunctionService {
         message: HttpMessage,
         purpose: &str,
     ) -> Result<Transformed, FunctionsError> {
-        let (loaded, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
+        let (_, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
         Ok(Transformed {
-            version: format!("{}@{}", loaded.name, loaded.version),
             result: outcome.result,
             revealed: outcome.revealed,
             duration_us,
