@@ -146,6 +146,58 @@ async fn date_split_detokenizes_inside_the_sandbox_only_what_it_was_granted() {
     );
 }
 
+/// Grants are issued to service accounts: a function that shares an account's name does not
+/// inherit the records granted to that account.
+#[tokio::test]
+async fn a_function_named_like_a_service_account_does_not_share_its_grants() {
+    let app = TestApp::spawn().await;
+    vault_with_dob(&app).await;
+    let (status, body) = app
+        .policies("@id(\"granted-only\")\npermit (principal, action == Strongroom::Action::\"detokenize\", resource) when { context.granted };")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/kyc/tables/people/records",
+            json!({"records": [{"fields": {"dob": "1985-06-15"}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["records"][0]["id"].as_str().unwrap().to_string();
+    let dob = body["records"][0]["tokens"]["dob"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.service_account("twin", &["support"]).await;
+    let (status, g) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "twin", "expires_in_seconds": 600,
+                   "records": [{"vault": "kyc", "table": "people", "id": id}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{g}");
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": ["dob"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest("twin", grant, json!({})),
+            guest("date_split"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let out = invoke(&app, "twin", json!({"date_of_birth": dob})).await;
+    assert_eq!(out["error"]["kind"], "function_error", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("forbidden"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn plaintext_never_returns_to_the_caller() {
     let app = TestApp::spawn().await;

@@ -347,7 +347,9 @@ impl Gate for CedarGate {
         self.decide(&q, true)
     }
 
+    /// Grants are issued to service accounts only: a function or connection that happens to
+    /// share an account's name does not inherit its grants.
     fn grantee(&self) -> Option<&str> {
-        Some(&self.caller.account.name)
+        matches!(self.kind, Kind::ServiceAccount).then_some(self.caller.account.name.as_str())
     }
 }
