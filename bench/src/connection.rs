@@ -19,7 +19,8 @@
 //! `BENCH_CONCURRENCY` (default 32), `BENCH_SERIAL_CALLS` (one-caller phase, default 1000),
 //! `BENCH_NGINX` (the nginx binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
 //! `BENCH_SYNC_COMMIT=off` (diagnostic: the server's PostgreSQL stops waiting for the WAL flush
-//! at commit, to show what the audit append's commit costs a call).
+//! at commit, to show what the audit append's commit costs a call), `BENCH_PROFILE=plain|full`
+//! (diagnostic: print the server's pid, then only load that route for 60 s, for `perf record -p`).
 //! Builds the guest components first (`cargo build --release --target wasm32-wasip2` in
 //! `functions-examples/`).
 
@@ -535,6 +536,18 @@ async fn main() -> Result<()> {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?,
     );
+    if let Ok(route) = std::env::var("BENCH_PROFILE") {
+        println!(
+            "server pid {}: loading /v1/gateway/{route} for 60 s",
+            server.child.id()
+        );
+        let url = format!("{}/v1/gateway/{route}/v1/charges", server.base);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            load(&client, &url, &bodies, 5_000, conc).await?;
+        }
+        return Ok(());
+    }
     let nginx = match nginx_binary() {
         Some(bin) => match start_nginx(&bin, upstream).await {
             Ok(n) => Some(n),

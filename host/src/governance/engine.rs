@@ -11,6 +11,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -122,13 +123,68 @@ pub struct PolicyEngine {
     /// The policies whose principal and action scopes can match, per (principal and its
     /// roles, action). Cedar evaluates every policy it is given; most cannot apply.
     slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
+    /// Decisions that depend only on their key (administrative actions and connection calls:
+    /// no record, no clock), so an engine may answer them again without evaluating. A policy
+    /// change builds a new engine, and so starts with an empty memo.
+    memo: Mutex<HashMap<MemoKey, Verdict>>,
 }
 
 /// (principal, its roles, action).
 type SliceKey = (EntityUid, Vec<EntityUid>, EntityUid);
 
+/// A memoised decision's key: a digest of everything the decision depends on (the principal
+/// as Cedar sees it, the action, the resource and the context), so the memo holds no attribute
+/// values. Decisions never see the clock (time-bound grants arrive as `context.granted`), so
+/// equal keys mean equal verdicts under one policy set.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+pub struct MemoKey([u8; 32]);
+
+/// Builds a [`MemoKey`] from length-prefixed fields (so no two field lists collide).
+pub struct MemoKeyBuilder(Sha256);
+
+impl MemoKeyBuilder {
+    /// `what` names the kind of decision, so keys of different kinds never meet.
+    pub fn new(what: &str) -> MemoKeyBuilder {
+        MemoKeyBuilder(Sha256::new()).field(what)
+    }
+
+    pub fn field(mut self, value: &str) -> MemoKeyBuilder {
+        self.0.update((value.len() as u64).to_le_bytes());
+        self.0.update(value.as_bytes());
+        self
+    }
+
+    pub fn fields<'a>(self, values: impl ExactSizeIterator<Item = &'a str>) -> MemoKeyBuilder {
+        let count = values.len().to_string();
+        values.fold(self.field(&count), MemoKeyBuilder::field)
+    }
+
+    /// A principal as Cedar sees it: kind, name, version (functions), roles, attribute tags.
+    pub fn principal(
+        self,
+        kind: Kind,
+        name: &str,
+        version: &str,
+        roles: &[String],
+        attributes: &BTreeMap<String, String>,
+    ) -> MemoKeyBuilder {
+        self.field(kind.name())
+            .field(name)
+            .field(version)
+            .fields(roles.iter().map(String::as_str))
+            .fields(attributes.keys().map(String::as_str))
+            .fields(attributes.values().map(String::as_str))
+    }
+
+    pub fn finish(self) -> MemoKey {
+        MemoKey(self.0.finalize().into())
+    }
+}
+
 /// Most cached slices before the cache starts over.
 const MAX_SLICES: usize = 4096;
+/// Most memoised decisions before the memo starts over.
+const MAX_MEMO: usize = 8192;
 
 /// The parsed schema (parsed once).
 pub fn schema() -> Result<&'static Schema, String> {
@@ -251,7 +307,23 @@ impl PolicyEngine {
             cites_records,
             authorizer: Authorizer::new(),
             slices: Mutex::default(),
+            memo: Mutex::default(),
         })
+    }
+
+    /// The memoised verdict for `key`, or `decide`'s, remembered.
+    pub fn memoised(&self, key: MemoKey, decide: impl FnOnce() -> Verdict) -> Verdict {
+        if let Some(hit) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return hit;
+        }
+        let verdict = decide();
+        if let Ok(mut m) = self.memo.lock() {
+            if m.len() >= MAX_MEMO {
+                m.clear();
+            }
+            m.insert(key, verdict.clone());
+        }
+        verdict
     }
 
     pub fn cites_records(&self) -> bool {
@@ -698,6 +770,60 @@ when { context.record.consents.contains(context.purpose) && context.record.hasTa
                 }
             }
         }
+    }
+
+    #[test]
+    fn memo_keys_separate_their_fields() {
+        let key = |fields: &[&str]| {
+            fields
+                .iter()
+                .fold(MemoKeyBuilder::new("t"), |b, f| b.field(f))
+                .finish()
+        };
+        assert!(key(&["ab", "c"]) == key(&["ab", "c"]));
+        assert!(key(&["ab", "c"]) != key(&["a", "bc"]));
+        assert!(key(&["ab", ""]) != key(&["ab"]));
+        let list = |items: &[&str], then: &str| {
+            MemoKeyBuilder::new("t")
+                .fields(items.iter().copied())
+                .field(then)
+                .finish()
+        };
+        assert!(list(&["a", "b"], "c") != list(&["a"], "b"));
+        let attrs = |k: &str, v: &str| {
+            MemoKeyBuilder::new("t")
+                .principal(
+                    Kind::ServiceAccount,
+                    "x",
+                    "",
+                    &[],
+                    &BTreeMap::from([(k.into(), v.into())]),
+                )
+                .finish()
+        };
+        assert!(attrs("region", "CA") != attrs("region", "NY"));
+        assert!(attrs("region", "CA") != attrs("team", "CA"));
+    }
+
+    #[test]
+    fn memoised_verdicts_are_answered_again_without_deciding() {
+        let e = engine("permit(principal, action, resource);");
+        let key = MemoKeyBuilder::new("t").field("k").finish();
+        let allow = Verdict {
+            allowed: true,
+            policies: vec!["p".into()],
+            errors: vec![],
+        };
+        assert_eq!(e.memoised(key, || allow.clone()), allow);
+        assert_eq!(e.memoised(key, || unreachable!("memoised")), allow);
+        // a new engine (a policy change) starts empty
+        let fresh = engine("permit(principal, action, resource);");
+        let deny = Verdict {
+            allowed: false,
+            policies: vec![],
+            errors: vec![],
+        };
+        assert_eq!(fresh.memoised(key, || deny.clone()), deny);
     }
 
     #[test]

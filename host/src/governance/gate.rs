@@ -6,12 +6,15 @@
 
 use super::accounts::Caller;
 use super::audit;
-use super::engine::{EntityStore, Facts, Kind, PolicyEngine, Verdict, action, uid};
+use super::engine::{
+    EntityStore, Facts, Kind, MemoKey as EngineKey, MemoKeyBuilder, PolicyEngine, Verdict, action,
+    uid,
+};
 use crate::types::DataType;
 use crate::vault::access::{DataAction, Gate, RowFacts};
 use crate::vault::{Column, LoadedVault, Redaction, Table};
 use cedar_policy::{Entities, EntityUid};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -33,6 +36,26 @@ enum RecordKey {
     Facts(Uuid, BTreeMap<String, String>, Vec<String>, bool),
 }
 
+/// What [`Prepared`] is built from, noted by `prepare` and built at the first decision the
+/// engine's memo cannot answer (often none: connection calls repeat the same decisions).
+struct Plan {
+    vault: Uuid,
+    vault_name: String,
+    /// (table, column, data type) of every column of the vault.
+    columns: Vec<(String, String, &'static str)>,
+    /// One entry per distinct record key.
+    records: Vec<PlannedRecord>,
+}
+
+/// A record entity to build: its key, table, entity id, attributes and consents.
+struct PlannedRecord {
+    key: RecordKey,
+    table: String,
+    id: String,
+    attributes: BTreeMap<String, String>,
+    consents: Vec<String>,
+}
+
 /// The entities a request's decisions share: the caller, the vault's tables and columns, and
 /// one record entity per distinct record key. Built once per request instead of per decision.
 struct Prepared {
@@ -51,6 +74,7 @@ pub struct CedarGate {
     kind: Kind,
     roles: Vec<EntityUid>,
     memo: Mutex<HashMap<MemoKey, Arc<Verdict>>>,
+    plan: Mutex<Option<Plan>>,
     prepared: Mutex<Option<Arc<Prepared>>>,
 }
 
@@ -75,6 +99,7 @@ impl CedarGate {
             purpose,
             card_guardrail,
             memo: Mutex::default(),
+            plan: Mutex::default(),
             prepared: Mutex::default(),
         }
     }
@@ -132,7 +157,10 @@ impl CedarGate {
         let verdict = match known {
             Some(v) => v,
             None => {
-                let v = Arc::new(self.evaluate(q));
+                let v = Arc::new(
+                    self.engine
+                        .memoised(self.engine_key(q), || self.evaluate(q)),
+                );
                 if let Ok(mut m) = self.memo.lock() {
                     m.insert(key, v.clone());
                 }
@@ -147,7 +175,7 @@ impl CedarGate {
 
     /// Decides with the prepared entities when they cover the question.
     fn evaluate_prepared(&self, q: &Question<'_>) -> Option<Verdict> {
-        let prepared = self.prepared.lock().ok()?.clone()?;
+        let prepared = self.prepared()?;
         if prepared.vault != q.vault.id {
             return None;
         }
@@ -180,6 +208,85 @@ impl CedarGate {
             facts.context(),
             &prepared.entities,
         ))
+    }
+
+    /// The engine-wide memo key of a data decision: the principal as Cedar sees it, the
+    /// action, the column (by id: a re-created column is another key), the level, the
+    /// record's facts (and its id when some policy names records) and the purpose.
+    fn engine_key(&self, q: &Question<'_>) -> EngineKey {
+        let account = &self.caller.account;
+        let version = match self.kind {
+            Kind::Function => self.caller.key_id.as_str(),
+            _ => "",
+        };
+        let id = |u: &Uuid| u.to_string();
+        let mut b = MemoKeyBuilder::new("data")
+            .principal(
+                self.kind,
+                &account.name,
+                version,
+                &account.roles,
+                &account.attributes,
+            )
+            .field(q.action.as_str())
+            .field(&id(&q.vault.id))
+            .field(&q.vault.name)
+            .field(&id(&q.table.id))
+            .field(&q.table.name)
+            .field(&q.column.map_or_else(String::new, |c| id(&c.id)))
+            .field(q.level.map_or("", Redaction::as_str))
+            .field(&self.purpose);
+        if let Some(r) = q.row {
+            b = b
+                .field(if self.engine.cites_records() {
+                    "id"
+                } else {
+                    "facts"
+                })
+                .field(&if self.engine.cites_records() {
+                    id(&r.id)
+                } else {
+                    String::new()
+                })
+                .field(&id(&r.table))
+                .fields(r.attributes.keys().map(String::as_str))
+                .fields(r.attributes.values().map(String::as_str))
+                .fields(r.consents.iter().map(String::as_str))
+                .field(if r.granted { "granted" } else { "" });
+        }
+        b.finish()
+    }
+
+    /// The request's shared entities, built from the plan `prepare` noted on first use.
+    fn prepared(&self) -> Option<Arc<Prepared>> {
+        let mut prepared = self.prepared.lock().ok()?;
+        if let Some(p) = prepared.as_ref() {
+            return Some(p.clone());
+        }
+        let plan = self.plan.lock().ok()?.take()?;
+        let mut store = EntityStore::default();
+        self.principal(&mut store);
+        for (table, column, data_type) in &plan.columns {
+            store.column(&plan.vault_name, table, column, data_type);
+        }
+        let mut records = HashMap::new();
+        for r in plan.records {
+            let record = store.record(
+                &plan.vault_name,
+                &r.table,
+                &r.id,
+                &r.attributes,
+                &r.consents,
+            );
+            records.insert(r.key, record);
+        }
+        let built = Arc::new(Prepared {
+            vault: plan.vault,
+            entities: store.build(),
+            records,
+        });
+        *prepared = Some(built.clone());
+        Some(built)
     }
 
     fn evaluate(&self, q: &Question<'_>) -> Verdict {
@@ -238,43 +345,48 @@ struct Question<'a> {
 
 impl Gate for CedarGate {
     fn prepare(&self, vault: &LoadedVault, rows: &HashMap<Uuid, RowFacts>) {
-        let mut store = EntityStore::default();
-        self.principal(&mut store);
         let tables: HashMap<Uuid, &Table> = vault.tables.iter().map(|t| (t.id, t)).collect();
-        for t in &vault.tables {
-            for c in &t.columns {
-                store.column(&vault.name, &t.name, &c.name, c.data_type.as_str());
-            }
-        }
-        let mut records = HashMap::new();
+        let columns = vault
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.columns
+                    .iter()
+                    .map(|c| (t.name.clone(), c.name.clone(), c.data_type.as_str()))
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        let mut records = Vec::new();
         for row in rows.values() {
             let Some(table) = tables.get(&row.table) else {
                 continue;
             };
             let key = self.record_key(row);
-            if records.contains_key(&key) {
+            if !seen.insert(key.clone()) {
                 continue;
             }
             let id = match &key {
                 RecordKey::Id(id) => id.to_string(),
                 RecordKey::Facts(..) => format!("facts-{}", records.len()),
             };
-            let record = store.record(
-                &vault.name,
-                &table.name,
-                &id,
-                &row.attributes,
-                &row.consents,
-            );
-            records.insert(key, record);
+            records.push(PlannedRecord {
+                key,
+                table: table.name.clone(),
+                id,
+                attributes: row.attributes.clone(),
+                consents: row.consents.clone(),
+            });
         }
-        let prepared = Prepared {
-            vault: vault.id,
-            entities: store.build(),
-            records,
-        };
+        if let Ok(mut p) = self.plan.lock() {
+            *p = Some(Plan {
+                vault: vault.id,
+                vault_name: vault.name.clone(),
+                columns,
+                records,
+            });
+        }
         if let Ok(mut p) = self.prepared.lock() {
-            *p = Some(Arc::new(prepared));
+            *p = None;
         }
     }
 

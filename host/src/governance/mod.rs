@@ -13,7 +13,9 @@ use accounts::{Accounts, Caller};
 use audit::AuditLog;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use engine::{EntityStore, Facts, Kind, PolicyEngine, PolicyProblem, Verdict, action, uid};
+use engine::{
+    EntityStore, Facts, Kind, MemoKeyBuilder, PolicyEngine, PolicyProblem, Verdict, action, uid,
+};
 use gate::CedarGate;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
@@ -265,37 +267,56 @@ impl Governance {
         )
     }
 
-    /// Decides an administrative action; notes the decision in the audit event.
+    /// Decides an administrative action; notes the decision in the audit event. The verdict
+    /// depends only on the caller's account, the action, the target and the purpose, so the
+    /// engine memoises it (connection calls decide this on every call).
     pub fn decide_admin(
         &self,
         caller: &Caller,
-        action_name: &str,
+        action_name: &'static str,
         target: Target<'_>,
         purpose: &str,
     ) -> Verdict {
-        let mut store = EntityStore::default();
         let a = &caller.account;
-        let principal = store.service_account(&a.name, &a.roles, &a.attributes);
-        let resource = match target {
-            Target::System => store.system(),
-            Target::Vault(v) => store.vault(v),
-            Target::Connection(c) => store.connection(c),
-        };
-        let facts = Facts {
-            purpose,
-            granted: None,
-            record: None,
-            redaction: None,
-        };
-        let roles: Vec<_> = a.roles.iter().map(|r| uid(Kind::Role, r)).collect();
-        let verdict = self.engine().decide_as(
-            &principal,
-            &roles,
-            &action(action_name),
-            &resource,
-            facts.context(),
-            &store.build(),
-        );
+        let engine = self.engine();
+        let key = MemoKeyBuilder::new("admin")
+            .principal(Kind::ServiceAccount, &a.name, "", &a.roles, &a.attributes)
+            .field(action_name)
+            .field(match target {
+                Target::System => "system",
+                Target::Vault(_) => "vault",
+                Target::Connection(_) => "connection",
+            })
+            .field(match target {
+                Target::System => "",
+                Target::Vault(name) | Target::Connection(name) => name,
+            })
+            .field(purpose)
+            .finish();
+        let verdict = engine.memoised(key, || {
+            let mut store = EntityStore::default();
+            let principal = store.service_account(&a.name, &a.roles, &a.attributes);
+            let resource = match target {
+                Target::System => store.system(),
+                Target::Vault(v) => store.vault(v),
+                Target::Connection(c) => store.connection(c),
+            };
+            let facts = Facts {
+                purpose,
+                granted: None,
+                record: None,
+                redaction: None,
+            };
+            let roles: Vec<_> = a.roles.iter().map(|r| uid(Kind::Role, r)).collect();
+            engine.decide_as(
+                &principal,
+                &roles,
+                &action(action_name),
+                &resource,
+                facts.context(),
+                &store.build(),
+            )
+        });
         audit::note(|e| e.decided(verdict.allowed, &verdict.policies));
         verdict
     }

@@ -701,18 +701,21 @@ impl VaultService {
             .map(|c| c.id)
             .collect();
         let client = self.pool.get().await?;
-        // Index probes per record (see detokenize: robust to stale statistics); `granted` is
-        // whether an unexpired grant gives the gate's principal ($4) the record.
+        // Index probes per record, robust to stale statistics under the generic plans the pool
+        // uses: `LIMIT 1` and `OFFSET 0` keep the planner from flattening the probes into a
+        // hash join over the whole table (planned when the table was small, that join stays).
+        // `granted` is whether an unexpired grant gives the gate's principal ($4) the record.
         let stmt = client
             .prepare_cached(
                 "SELECT r.id, r.consents, rv.column_id, rv.key_version, rv.sealed,
                         r.table_id,
                         $4::text IS NOT NULL AND EXISTS (
-                            SELECT 1 FROM grant_records gr JOIN grants g ON g.id = gr.grant_id
-                            WHERE gr.record_id = r.id AND g.principal = $4
-                              AND g.expires_at > now() AND g.revoked_at IS NULL)
+                            SELECT 1 FROM (SELECT grant_id FROM grant_records WHERE record_id = r.id OFFSET 0) gr
+                            JOIN grants g ON g.id = gr.grant_id
+                            WHERE g.principal = $4 AND g.expires_at > now() AND g.revoked_at IS NULL)
                  FROM unnest($1::uuid[]) AS x(id)
-                 CROSS JOIN LATERAL (SELECT id, consents, table_id FROM records WHERE id = x.id AND vault_id = $3) r
+                 CROSS JOIN LATERAL (SELECT id, consents, table_id FROM records
+                                     WHERE id = x.id AND vault_id = $3 LIMIT 1) r
                  LEFT JOIN LATERAL (SELECT column_id, key_version, sealed FROM record_values
                                     WHERE record_id = r.id AND column_id = ANY($2)) rv ON true",
             )
