@@ -119,6 +119,9 @@ pub struct PolicyEngine {
     /// Whether some policy names a `Record` literally; then decisions about records cannot be
     /// shared between records with the same attributes.
     cites_records: bool,
+    /// Whether some policy reads `context` beyond `purpose` and `redaction`: the record's facts
+    /// (`context.record`, `context.granted`) or the context as a whole.
+    reads_record_context: bool,
     authorizer: Authorizer,
     /// The policies whose principal and action scopes can match, per (principal and its
     /// roles, action). Cedar evaluates every policy it is given; most cannot apply.
@@ -264,6 +267,7 @@ impl PolicyEngine {
         let mut named = PolicySet::new();
         let mut seen = HashSet::new();
         let mut cites_records = false;
+        let mut reads_record_context = false;
         for policy in parsed.policies() {
             let id = policy
                 .annotation("id")
@@ -279,6 +283,10 @@ impl PolicyEngine {
                 continue;
             }
             cites_records |= cites(policy, Kind::Record);
+            // A policy that cannot be read as JSON is assumed to read everything.
+            reads_record_context |= policy
+                .to_json()
+                .map_or(true, |est| reads_beyond_request(&est));
             if named.add(policy.new_id(PolicyId::new(&id))).is_err() {
                 problems.push(PolicyProblem {
                     policy: Some(id),
@@ -305,6 +313,7 @@ impl PolicyEngine {
             source: source.to_string(),
             policies: named,
             cites_records,
+            reads_record_context,
             authorizer: Authorizer::new(),
             slices: Mutex::default(),
             memo: Mutex::default(),
@@ -328,6 +337,12 @@ impl PolicyEngine {
 
     pub fn cites_records(&self) -> bool {
         self.cites_records
+    }
+
+    /// Whether decisions about columns can depend on the record's facts. When not, a
+    /// detokenize need not load them.
+    pub fn reads_record_context(&self) -> bool {
+        self.reads_record_context
     }
 
     /// Ids of the active policies.
@@ -455,6 +470,31 @@ impl PolicyEngine {
 }
 
 /// Whether `policy` names an entity of `kind` literally.
+/// Whether a policy (its JSON form) reads `context` other than as `context.purpose` or
+/// `context.redaction` (or `context has` either).
+fn reads_beyond_request(est: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let is_context = |v: &Value| v.get("Var").and_then(Value::as_str) == Some("context");
+    match est {
+        Value::Object(map) => {
+            if is_context(est) {
+                return true;
+            }
+            for op in [".", "has"] {
+                if let Some(inner) = map.get(op)
+                    && inner.get("left").is_some_and(is_context)
+                {
+                    let attr = inner.get("attr").and_then(Value::as_str);
+                    return !matches!(attr, Some("purpose" | "redaction"));
+                }
+            }
+            map.values().any(reads_beyond_request)
+        }
+        Value::Array(items) => items.iter().any(reads_beyond_request),
+        _ => false,
+    }
+}
+
 fn cites(policy: &Policy, kind: Kind) -> bool {
     let ty = kind.type_name();
     policy
@@ -824,6 +864,28 @@ when { context.record.consents.contains(context.purpose) && context.record.hasTa
             errors: vec![],
         };
         assert_eq!(fresh.memoised(key, || deny.clone()), deny);
+    }
+
+    #[test]
+    fn reading_the_records_facts_is_noticed() {
+        let reads = |cond: &str| {
+            engine(&format!(
+                "permit(principal, action == Strongroom::Action::\"detokenize\", resource) when {{ {cond} }};"
+            ))
+            .reads_record_context()
+        };
+        assert!(!reads("context.purpose == \"billing\""));
+        assert!(!reads(
+            "context has redaction && context.redaction == \"plain\""
+        ));
+        assert!(!reads(
+            "resource.type == \"ssn\" && principal.hasTag(\"team\")"
+        ));
+        assert!(reads("context.granted"));
+        assert!(reads("context has granted && context.granted"));
+        assert!(reads("context.record.consents.contains(context.purpose)"));
+        assert!(reads("context.record.hasTag(\"region\")"));
+        assert!(!engine("permit(principal, action, resource);").reads_record_context());
     }
 
     #[test]

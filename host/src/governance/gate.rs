@@ -459,6 +459,10 @@ impl Gate for CedarGate {
         self.decide(&q, true)
     }
 
+    fn needs_record_context(&self) -> bool {
+        self.engine.reads_record_context() || self.engine.cites_records()
+    }
+
     /// Grants are issued to service accounts only: a function or connection that happens to
     /// share an account's name does not inherit its grants.
     fn grantee(&self) -> Option<&str> {

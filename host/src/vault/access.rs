@@ -76,6 +76,12 @@ pub trait Gate: Send + Sync {
         true
     }
 
+    /// Whether decisions about columns (detokenize) depend on the record's facts. When not,
+    /// only decisions with the record itself as the resource (delete) need them.
+    fn needs_record_context(&self) -> bool {
+        self.needs_rows()
+    }
+
     /// Called once the facts of the records a request touches are known, before the decisions
     /// about them (a gate may prepare what those decisions share).
     fn prepare(&self, _vault: &LoadedVault, _rows: &HashMap<Uuid, RowFacts>) {}

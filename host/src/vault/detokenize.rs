@@ -69,7 +69,16 @@ impl VaultService {
         let mut records: Vec<Uuid> = rows.iter().map(|r| r.get(1)).collect();
         records.sort_unstable();
         records.dedup();
-        let facts = self.row_facts(&v, &records, gate).await?;
+        let mut facts = self.row_facts(&v, &records, gate, true).await?;
+        // The record's table is the token's column's (also when the facts were not loaded).
+        for row in &rows {
+            if let (Some(f), Some((table, _))) = (
+                facts.get_mut(&row.get::<_, Uuid>(1)),
+                v.column_by_id(&row.get::<_, Uuid>(2)),
+            ) {
+                f.table = table.id;
+            }
+        }
         let no_facts = super::access::RowFacts::default();
         let mut out = Vec::with_capacity(tokens.len());
         for (token, hash) in tokens.into_iter().zip(hashes) {

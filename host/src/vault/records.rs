@@ -672,11 +672,14 @@ impl VaultService {
 
     /// What row-level policies may know about `ids`: consents, `policy_attribute` values
     /// (decrypted here, never stored in the clear) and grants to the gate's principal.
+    /// The facts decisions about `ids` need (`columns_only`: every decision has a column as
+    /// its resource, so the facts matter only if the policies read the record's context).
     pub(super) async fn row_facts(
         &self,
         v: &LoadedVault,
         ids: &[Uuid],
         gate: &dyn Gate,
+        columns_only: bool,
     ) -> Result<HashMap<Uuid, RowFacts>, VaultError> {
         let mut facts: HashMap<Uuid, RowFacts> = ids
             .iter()
@@ -690,7 +693,7 @@ impl VaultService {
                 )
             })
             .collect();
-        if !gate.needs_rows() || ids.is_empty() {
+        if !gate.needs_rows() || ids.is_empty() || (columns_only && !gate.needs_record_context()) {
             return Ok(facts);
         }
         let attribute_columns: Vec<Uuid> = v
@@ -756,7 +759,7 @@ impl VaultService {
         gate: &dyn Gate,
         action: DataAction,
     ) -> Result<Vec<RecordView>, VaultError> {
-        let facts = self.row_facts(v, ids, gate).await?;
+        let facts = self.row_facts(v, ids, gate, false).await?;
         let no_facts = RowFacts::default();
         let client = self.pool.get().await?;
         let rows = client
@@ -930,7 +933,7 @@ impl VaultService {
             .map(|pv| pv.column.id)
             .chain(cleared.iter().copied())
             .collect();
-        let facts = self.row_facts(&v, &[id], gate).await?;
+        let facts = self.row_facts(&v, &[id], gate, false).await?;
         let row = facts.get(&id).cloned().unwrap_or_default();
         let mut denied: Vec<String> = t
             .columns
@@ -1013,7 +1016,7 @@ impl VaultService {
         let v = self.load(vault).await?;
         let t = v.table(table)?;
         let id = parse_record_id(id)?;
-        let facts = self.row_facts(&v, &[id], gate).await?;
+        let facts = self.row_facts(&v, &[id], gate, false).await?;
         if let Some(row) = facts.get(&id)
             && !gate.allows(DataAction::Delete, &v, t, None, Some(row))
         {
