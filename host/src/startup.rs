@@ -23,6 +23,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     managed: Option<ManagedPostgres>,
+    /// Closed before a managed PostgreSQL stops, so its connections end cleanly.
+    pool: deadpool_postgres::Pool,
     vault: VaultService,
     gov: Arc<Governance>,
 }
@@ -68,6 +70,7 @@ impl Application {
         let vault = VaultService::new(pool.clone(), ring.clone());
         let pool_for_functions = pool.clone();
         let pool_for_connections = pool.clone();
+        let pool_to_close = pool.clone();
         vault
             .check_keys_and_resume()
             .await
@@ -140,6 +143,7 @@ impl Application {
             listener,
             router,
             managed,
+            pool: pool_to_close,
             vault,
             gov,
         })
@@ -182,6 +186,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await;
         drop(self.vault);
+        self.pool.close();
         if let Some(pg) = self.managed.as_mut() {
             pg.stop().await?;
         }
