@@ -2,7 +2,8 @@
 //! directory) as a separate process and measures it over HTTP from this process.
 //!
 //! Run: `cargo build --release -p strongroom -p strongroom-bench && target/release/vault-bench`
-//! Options (environment): `BENCH_RECORDS` (default 100000), `BENCH_CONCURRENCY` (default 4).
+//! Options (environment): `BENCH_RECORDS` (default 100000), `BENCH_CONCURRENCY` (default 4),
+//! `BENCH_SINGLE` (single-token requests per client, default 500; after 50 to warm up).
 
 mod common;
 
@@ -236,31 +237,41 @@ async fn main() -> Result<()> {
     }
     let det_rate = n_tokens as f64 / started.elapsed().as_secs_f64();
 
-    // Single-token detokenize, 32 concurrent clients.
-    let per_client = 500;
+    // Single-token detokenize, 32 concurrent clients: a warm-up round (each pool connection
+    // prepares its statements), then the measured round.
+    let per_client: usize = std::env::var("BENCH_SINGLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
     let tokens = Arc::new(tokens);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..32usize {
-        let (client, url, tokens) = (client.clone(), det_url.clone(), tokens.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let token = &tokens[(c * 7919 + i * 104_729) % tokens.len()];
-                let t0 = Instant::now();
-                post(
-                    &client,
-                    &url,
-                    &json!({"tokens": [token], "redaction": "masked"}),
-                )
-                .await?;
-                lat.push(t0.elapsed());
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
+    let single_round = |per_client: usize| {
+        let mut tasks = Vec::new();
+        for c in 0..32usize {
+            let (client, url, tokens) = (client.clone(), det_url.clone(), tokens.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let token = &tokens[(c * 7919 + i * 104_729) % tokens.len()];
+                    let t0 = Instant::now();
+                    post(
+                        &client,
+                        &url,
+                        &json!({"tokens": [token], "redaction": "masked"}),
+                    )
+                    .await?;
+                    lat.push(t0.elapsed());
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        tasks
+    };
+    for t in single_round(50) {
+        t.await??;
     }
+    let started = Instant::now();
     let mut lat = Vec::new();
-    for t in tasks {
+    for t in single_round(per_client) {
         lat.extend(t.await??);
     }
     let single_rate = lat.len() as f64 / started.elapsed().as_secs_f64();
