@@ -41,6 +41,28 @@ fn manifest(name: &str, grants: Value, limits: Value) -> Value {
     json!({"name": name, "description": "test", "grants": grants, "limits": limits})
 }
 
+/// Uploads `component` as `name`, granted plain reveals of `columns` of `kyc/people`.
+async fn upload_granted(app: &TestApp, name: &str, columns: &[&str], component: &str) -> Value {
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": columns, "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(manifest(name, grant, json!({})), guest(component), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    up
+}
+
+/// The function ran and answered `forbidden`: the host refused what it asked for.
+fn assert_refused(out: &Value) {
+    assert_eq!(out["error"]["kind"], "function_error", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("forbidden")),
+        "{out}"
+    );
+}
+
 async fn invoke(app: &TestApp, name: &str, body: Value) -> Value {
     let (status, out) = app
         .post(
@@ -111,25 +133,9 @@ async fn date_split_detokenizes_inside_the_sandbox_only_what_it_was_granted() {
     assert!(!audit.to_string().contains("1990-01-31"));
 
     // a column outside the grant is not revealed (the function answers forbidden)
-    let grant =
-        json!([{"vault": "kyc", "table": "people", "columns": ["card"], "redaction": "plain"}]);
-    let (status, _) = app
-        .upload_function(
-            manifest("date-split-2", grant, json!({})),
-            guest("date_split"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    upload_granted(&app, "date-split-2", &["card"], "date_split").await;
     let out = invoke(&app, "date-split-2", json!({"date_of_birth": dob})).await;
-    assert_eq!(out["error"]["kind"], "function_error", "{out}");
-    assert!(
-        out["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("forbidden"),
-        "{out}"
-    );
+    assert_refused(&out);
 
     // and Cedar has the last word: a forbid on functions stops the granted one too
     let (status, body) = app
@@ -137,13 +143,7 @@ async fn date_split_detokenizes_inside_the_sandbox_only_what_it_was_granted() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let out = invoke(&app, "date-split", json!({"date_of_birth": dob})).await;
-    assert!(
-        out["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("forbidden"),
-        "{out}"
-    );
+    assert_refused(&out);
 }
 
 /// Grants are issued to service accounts: a function that shares an account's name does not
@@ -177,41 +177,16 @@ async fn a_function_named_like_a_service_account_does_not_share_its_grants() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{g}");
-    let grant =
-        json!([{"vault": "kyc", "table": "people", "columns": ["dob"], "redaction": "plain"}]);
-    let (status, up) = app
-        .upload_function(
-            manifest("twin", grant, json!({})),
-            guest("date_split"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{up}");
+    upload_granted(&app, "twin", &["dob"], "date_split").await;
     let out = invoke(&app, "twin", json!({"date_of_birth": dob})).await;
-    assert_eq!(out["error"]["kind"], "function_error", "{out}");
-    assert!(
-        out["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("forbidden"),
-        "{out}"
-    );
+    assert_refused(&out);
 }
 
 #[tokio::test]
 async fn plaintext_never_returns_to_the_caller() {
     let app = TestApp::spawn().await;
     let (_, card) = vault_with_dob(&app).await;
-    let grant =
-        json!([{"vault": "kyc", "table": "people", "columns": ["card"], "redaction": "plain"}]);
-    let (status, up) = app
-        .upload_function(
-            manifest("stripe-reshape", grant, json!({})),
-            guest("payment_reshape"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{up}");
+    upload_granted(&app, "stripe-reshape", &["card"], "payment_reshape").await;
     let out = invoke(
         &app,
         "stripe-reshape",
@@ -492,14 +467,7 @@ async fn file_extract_reads_only_granted_files_of_the_message_at_hand() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let out = invoke(&app, "file-extract-ungranted", envelope_request(&record)).await;
-    assert_eq!(out["error"]["kind"], "function_error", "{out}");
-    assert!(
-        out["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("forbidden"),
-        "{out}"
-    );
+    assert_refused(&out);
 }
 
 #[tokio::test]
