@@ -350,6 +350,7 @@ async fn purpose_and_consent() {
         .iter()
         .map(|r| r["tokens"]["phone"].clone())
         .collect();
+    let second = body["records"][1]["id"].as_str().unwrap().to_string();
     let auth = app.service_account("auth", &["auth"]).await;
     let marketing = app.service_account("marketing", &["marketing"]).await;
     let fraud = app.service_account("fraud", &["fraud"]).await;
@@ -404,6 +405,17 @@ forbid(principal in Strongroom::Role::"fraud", action in [Strongroom::Action::"d
         r[1]["error"]["code"], "forbidden",
         "did not consent to marketing"
     );
+    // consent given later counts at once (decisions are memoised by the record's facts)
+    let (status, patched) = app
+        .call(
+            Method::PATCH,
+            &format!("{RECORDS}/{second}"),
+            Some(json!({"fields": {}, "consents": ["authentication", "integrity", "marketing"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    let r = detok(marketing.clone(), Some("marketing")).await;
+    assert_eq!(r[1]["value"], "+14155550101", "consented since");
     let r = detok(fraud.clone(), Some("integrity")).await;
     assert!(r.iter().all(|x| x["error"]["code"] == "forbidden"));
     // the fraud service works with tokens: equal numbers give equal tokens

@@ -237,17 +237,15 @@ impl CedarGate {
             .field(q.level.map_or("", Redaction::as_str))
             .field(&self.purpose);
         if let Some(r) = q.row {
+            // The record's id counts only when some policy names records.
+            let (shared_by, record) = if self.engine.cites_records() {
+                ("id", id(&r.id))
+            } else {
+                ("facts", String::new())
+            };
             b = b
-                .field(if self.engine.cites_records() {
-                    "id"
-                } else {
-                    "facts"
-                })
-                .field(&if self.engine.cites_records() {
-                    id(&r.id)
-                } else {
-                    String::new()
-                })
+                .field(shared_by)
+                .field(&record)
                 .field(&id(&r.table))
                 .fields(r.attributes.keys().map(String::as_str))
                 .fields(r.attributes.values().map(String::as_str))
