@@ -1,5 +1,7 @@
-//! What the HTTP benchmarks share: starting a release `strongroom serve` as a separate process
-//! (its own PostgreSQL, in a temp data directory), and percentiles.
+//! What the benchmarks share: starting a release `strongroom serve` as a separate process (its
+//! own PostgreSQL, in a temp data directory), building the guest components, and percentiles.
+//! Each bench binary uses its part.
+#![allow(dead_code)]
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -17,13 +19,43 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop(&mut self.child, &self.dir);
     }
+}
+
+/// Stops a child process with SIGTERM (an orderly stop), waits for it, removes its directory.
+pub fn stop(child: &mut std::process::Child, dir: &Path) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The guest components' directory: builds `functions-examples/` for `wasm32-wasip2` first (an
+/// existing build is used if cargo cannot run).
+pub fn guests() -> Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions-examples");
+    let dir = root.join("target/wasm32-wasip2/release");
+    let built = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .current_dir(&root)
+        .status();
+    match built {
+        Ok(s) if s.success() => {}
+        _ if dir.join("hostile_trivial.wasm").exists() => {
+            eprintln!("building the guest components failed; using the existing build");
+        }
+        _ => bail!("building the guest components failed"),
+    }
+    Ok(dir)
 }
 
 pub fn free_port() -> Result<u16> {

@@ -27,7 +27,7 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{ADMIN, Server, connect_pg, free_port, percentile, start_server};
+use common::{ADMIN, Server, connect_pg, free_port, guests, percentile, start_server};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,12 +109,7 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        common::stop(&mut self.child, &self.dir);
     }
 }
 
@@ -216,31 +211,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// The guest components' directory (builds them first, as `function-bench` does; an existing
-/// build is used if cargo cannot run).
-fn guests() -> Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions-examples");
-    let dir = root.join("target/wasm32-wasip2/release");
-    let built = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .current_dir(&root)
-        .status();
-    match built {
-        Ok(s) if s.success() => {}
-        _ if dir.join("hostile_trivial.wasm").exists() => {
-            eprintln!("building the guest components failed; using the existing build");
-        }
-        _ => bail!("building the guest components failed"),
-    }
-    Ok(dir)
 }
 
 /// A JSON call as the admin; the body on success, the status and body as the error otherwise.

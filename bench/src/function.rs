@@ -8,8 +8,11 @@
 //! Builds the guest components first (`cargo build --release --target wasm32-wasip2` in
 //! `functions-examples/`). Run: `cargo build --release -p strongroom-bench && target/release/function-bench`
 
+mod common;
+
 use anyhow::{Result, anyhow, bail};
-use std::path::{Path, PathBuf};
+use common::{guests, percentile};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,31 +51,6 @@ impl FunctionHost for NoVault {
     ) -> Result<strongroom::types::file::FileValue, String> {
         Err("forbidden".into())
     }
-}
-
-fn guests() -> Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions-examples");
-    let status = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building the guest components failed");
-    }
-    Ok(root.join("target/wasm32-wasip2/release"))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted
-        .get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or_default()
 }
 
 fn limits() -> Limits {

@@ -4,6 +4,7 @@
 //! certificate); none is committed. The third party speaks TLS only, so whatever it records
 //! crossed the wire encrypted, and it records the handshakes it refused.
 
+use crate::connections::put_secret;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -351,17 +352,6 @@ permit(principal in Strongroom::Role::"app", action == Strongroom::Action::"call
         })
         .collect();
     let (status, body) = app.policies(&cedar).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
-async fn put_secret(app: &TestApp, name: &str, value: &str) {
-    let (status, body) = app
-        .call(
-            Method::PUT,
-            &format!("/v1/secrets/{name}"),
-            Some(json!({ "value": value })),
-        )
-        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
