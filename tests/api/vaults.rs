@@ -1,5 +1,5 @@
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use strongroom_tests::{TestApp, assert_error};
 
 #[tokio::test]
@@ -148,32 +148,108 @@ async fn schema_errors_name_the_field() {
 async fn delete_vault_destroys_keys_and_data() {
     let app = TestApp::spawn().await;
     app.payments_vault().await;
-    let (status, body) = app
-        .post(
-            "/v1/vaults/payments/tables/customers/records",
-            json!({"records": [{"fields": {"name": "Ada Lovelace"}}]}),
-        )
-        .await;
+    let mut kept = strongroom_tests::payments_schema();
+    kept["name"] = json!("kept");
+    let (status, body) = app.post("/v1/vaults", kept).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut kept_id = String::new();
+    for vault in ["payments", "kept"] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/vaults/{vault}/tables/customers/records"),
+                json!({"records": [{"fields": {"name": "Ada Lovelace", "ssn": "123-45-6789"}}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        kept_id = body["records"][0]["id"].as_str().unwrap().to_string();
+    }
     let (status, _) = app.delete("/v1/vaults/payments").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = app.get("/v1/vaults/payments").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = app.delete("/v1/vaults/payments").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let db = app.db().await;
-    for table in [
-        "vaults",
-        "vault_data_keys",
-        "records",
-        "record_values",
-        "tokens",
-    ] {
-        let n: i64 = db
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0, "{table}");
+    // Only the deleted vault's rows are gone: the other vault still reads its record.
+    let app = &app;
+    let rows = |counts: [i64; 5]| async move {
+        let db = app.db().await;
+        for (table, expected) in [
+            "vaults",
+            "vault_data_keys",
+            "records",
+            "record_values",
+            "tokens",
+        ]
+        .into_iter()
+        .zip(counts)
+        {
+            let n: i64 = db
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, expected, "{table}");
+        }
+    };
+    rows([1, 1, 1, 2, 2]).await;
+    let (status, body) = app
+        .get(&format!(
+            "/v1/vaults/kept/tables/customers/records/{kept_id}?redaction=plain"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["name"], "Ada Lovelace");
+    let (status, _) = app.delete("/v1/vaults/kept").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    rows([0; 5]).await;
+}
+
+/// Records, values and tokens have no foreign keys (migration 0005): a vault deleted while
+/// batches are being written into it must still leave nothing behind. Each insert either
+/// commits before the delete takes the vault (and is deleted with it) or finds no vault.
+#[tokio::test]
+async fn delete_vault_during_inserts_leaves_nothing_behind() {
+    let app = TestApp::spawn().await;
+    for round in 0..3u64 {
+        app.payments_vault().await;
+        let batch = |i: u64| {
+            let records: Vec<Value> = (0..50)
+                .map(|n| json!({"fields": {"name": format!("Person {round} {i} {n}"), "ssn": "123-45-6789",
+                    "email": format!("p{round}-{i}-{n}@example.com")}}))
+                .collect();
+            app.post(
+                "/v1/vaults/payments/tables/customers/records",
+                json!({"records": records}),
+            )
+        };
+        let delete = async {
+            tokio::time::sleep(std::time::Duration::from_millis(5 * round)).await;
+            app.delete("/v1/vaults/payments").await
+        };
+        let (a, b, c, d, e, f, (deleted, _)) = tokio::join!(
+            batch(0),
+            batch(1),
+            batch(2),
+            batch(3),
+            batch(4),
+            batch(5),
+            delete
+        );
+        assert_eq!(deleted, StatusCode::NO_CONTENT);
+        for (status, body) in [a, b, c, d, e, f] {
+            assert!(
+                status == StatusCode::CREATED || status == StatusCode::NOT_FOUND,
+                "{status} {body}"
+            );
+        }
+        let db = app.db().await;
+        for table in ["records", "record_values", "tokens"] {
+            let n: i64 = db
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "round {round}: {table}");
+        }
     }
 }

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "connections",
         include_str!("../../../migrations/0004_connections.sql"),
     ),
+    (
+        5,
+        "write_path",
+        include_str!("../../../migrations/0005_write_path.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

@@ -301,14 +301,36 @@ impl VaultService {
     /// `DELETE /v1/vaults/{vault}`: deletes the vault with its wrapped keys (crypto-shred),
     /// schema, records, values and tokens.
     pub async fn delete_vault(&self, name: &str) -> Result<(), VaultError> {
-        let client = self.pool.get().await?;
-        let deleted = client
-            .execute("DELETE FROM vaults WHERE name = $1", &[&name])
-            .await?;
-        self.invalidate(name);
-        if deleted == 0 {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The vault row first: this waits for transactions writing into the vault (they hold it
+        // FOR KEY SHARE) and makes later ones fail. Records, values and tokens carry no foreign
+        // keys (migration 0005), so they are deleted here, before the vault and its keys.
+        let Some(row) = tx
+            .query_opt("SELECT id FROM vaults WHERE name = $1 FOR UPDATE", &[&name])
+            .await?
+        else {
+            self.invalidate(name);
             return Err(VaultError::NotFound(format!("vault `{name}`")));
-        }
+        };
+        let id: Uuid = row.get(0);
+        tx.execute(
+            "DELETE FROM record_values WHERE record_id IN
+               (SELECT r.id FROM records r JOIN vault_tables t ON t.id = r.table_id WHERE t.vault_id = $1)",
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM records WHERE table_id IN (SELECT id FROM vault_tables WHERE vault_id = $1)",
+            &[&id],
+        )
+        .await?;
+        tx.execute("DELETE FROM tokens WHERE vault_id = $1", &[&id])
+            .await?;
+        tx.execute("DELETE FROM vaults WHERE id = $1", &[&id])
+            .await?;
+        tx.commit().await?;
+        self.invalidate(name);
         tracing::info!(vault = name, "deleted vault and destroyed its keys");
         Ok(())
     }
