@@ -106,7 +106,7 @@ fn to_text(ns: &[u16], radix: u32) -> String {
 fn numerals(input: &[u16], radix: u32, mode: Mode) -> Result<Vec<u16>, TokenError> {
     match mode {
         Mode::Random => {
-            let mut rng = rand::rngs::OsRng;
+            let mut rng = rand::thread_rng();
             Ok(input
                 .iter()
                 .map(|_| rng.gen_range(0..radix) as u16)
@@ -215,7 +215,7 @@ fn ssn(canonical: &str, mode: Mode) -> Result<String, TokenError> {
     }
     let t: Vec<u16> = match mode {
         Mode::Random => {
-            let mut rng = rand::rngs::OsRng;
+            let mut rng = rand::thread_rng();
             let mut t = vec![9];
             t.extend((0..8).map(|_| rng.gen_range(0..10u16)));
             t

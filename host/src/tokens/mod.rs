@@ -66,10 +66,10 @@ pub enum TokenError {
 
 const TOKEN_PREFIX: &str = "tok_";
 
-/// A random opaque token: 128 bits from the OS CSPRNG.
+/// A random opaque token: 128 bits from the thread's CSPRNG (see `crate::crypto::seal`).
 pub fn random_token() -> String {
     let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     format!("{TOKEN_PREFIX}{}", base32(&bytes))
 }
 

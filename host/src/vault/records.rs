@@ -191,7 +191,7 @@ fn token_reason(e: tokens::TokenError) -> &'static str {
 
 fn random_binding() -> Vec<u8> {
     let mut b = vec![0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
+    rand::thread_rng().fill_bytes(&mut b);
     b
 }
 
@@ -1196,7 +1196,7 @@ fn new_record_ids(n: usize) -> Vec<Uuid> {
         });
     let start = NEXT.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     let mut random = vec![0u8; n * 10];
-    rand::rngs::OsRng.fill_bytes(&mut random);
+    rand::thread_rng().fill_bytes(&mut random);
     random
         .chunks_exact(10)
         .zip(0u64..)
