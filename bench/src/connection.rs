@@ -27,7 +27,11 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{ADMIN, Server, connect_pg, free_port, guests, percentile, start_server};
+use common::{
+    ADMIN, Caller, Server, connect_pg, free_port, guests, percentile, split_url, start_server,
+};
+use hyper::StatusCode;
+use hyper::body::Bytes;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -374,25 +378,20 @@ impl Phase {
     }
 }
 
-/// `calls` POSTs of the bodies (round robin) to `url` by `conc` callers; every answer must be
-/// 200 (the first that is not is the error, with its body).
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    bodies: &Arc<Vec<String>>,
-    calls: usize,
-    conc: usize,
-) -> Result<Phase> {
+/// `calls` POSTs of the bodies (round robin) to `url` by `conc` callers, each on its own
+/// keep-alive connection (`Caller`, opened before the clock starts); every answer must be 200
+/// (the first that is not is the error, with its body).
+async fn load(url: &str, bodies: &Arc<Vec<Bytes>>, calls: usize, conc: usize) -> Result<Phase> {
+    let (base, path) = split_url(url)?;
+    let mut callers = Vec::with_capacity(conc);
+    for _ in 0..conc {
+        callers.push(Caller::connect(&base).await?);
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(conc);
-    for _ in 0..conc {
-        let (client, url, bodies, next) = (
-            client.clone(),
-            url.to_string(),
-            bodies.clone(),
-            next.clone(),
-        );
+    for mut caller in callers {
+        let (path, bodies, next) = (path.clone(), bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(calls / conc + 1);
             loop {
@@ -402,20 +401,15 @@ async fn load(
                 }
                 let body = bodies[i % bodies.len()].clone();
                 let t0 = Instant::now();
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(ADMIN)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
+                let (status, reply) = caller
+                    .post(&path, body.clone())
                     .await
-                    .with_context(|| format!("POST {url}"))?;
-                let status = resp.status();
-                let reply = resp.bytes().await?;
+                    .with_context(|| format!("POST {path}"))?;
                 lat.push(t0.elapsed());
-                if status != reqwest::StatusCode::OK {
+                if status != StatusCode::OK {
                     bail!(
-                        "POST {url}\nrequest body: {body}\nanswer: {status}: {}",
+                        "POST {path}\nrequest body: {}\nanswer: {status}: {}",
+                        String::from_utf8_lossy(&body),
                         String::from_utf8_lossy(&reply)
                     );
                 }
@@ -440,18 +434,17 @@ struct Measured {
 }
 
 async fn measure(
-    client: &reqwest::Client,
     url: &str,
-    bodies: &Arc<Vec<String>>,
+    bodies: &Arc<Vec<Bytes>>,
     calls: usize,
     serial_calls: usize,
     conc: usize,
 ) -> Result<Measured> {
     let warm = (calls / 10).max(500);
-    load(client, url, bodies, warm, conc).await?;
-    let loaded = load(client, url, bodies, calls, conc).await?;
-    load(client, url, bodies, 50, 1).await?;
-    let serial = load(client, url, bodies, serial_calls, 1).await?;
+    load(url, bodies, warm, conc).await?;
+    let loaded = load(url, bodies, calls, conc).await?;
+    load(url, bodies, 50, 1).await?;
+    let serial = load(url, bodies, serial_calls, 1).await?;
     Ok(Measured {
         loaded,
         serial,
@@ -503,7 +496,7 @@ async fn main() -> Result<()> {
     let bodies = Arc::new(
         bodies
             .iter()
-            .map(serde_json::to_string)
+            .map(|b| serde_json::to_vec(b).map(Bytes::from))
             .collect::<Result<Vec<_>, _>>()?,
     );
     if let Ok(route) = std::env::var("BENCH_PROFILE") {
@@ -514,7 +507,7 @@ async fn main() -> Result<()> {
         let url = format!("{}/v1/gateway/{route}/v1/charges", server.base);
         let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
-            load(&client, &url, &bodies, 5_000, conc).await?;
+            load(&url, &bodies, 5_000, conc).await?;
         }
         return Ok(());
     }
@@ -541,7 +534,7 @@ async fn main() -> Result<()> {
         "strongroom connection-bench ({calls} calls per phase, {conc} concurrent callers, {serial_calls} calls with 1 caller, {} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let body_len = bodies.first().map_or(0, String::len);
+    let body_len = bodies.first().map_or(0, Bytes::len);
     println!(
         "request: POST, {body_len} B JSON body; reply: {} B JSON",
         REPLY.len()
@@ -553,7 +546,6 @@ async fn main() -> Result<()> {
     }
 
     let direct = measure(
-        &client,
         &format!("http://127.0.0.1:{upstream}/v1/charges"),
         &bodies,
         calls,
@@ -565,7 +557,6 @@ async fn main() -> Result<()> {
     let proxied_nginx = match &nginx {
         Some(n) => {
             let m = measure(
-                &client,
                 &format!("http://127.0.0.1:{}/v1/charges", n.port),
                 &bodies,
                 calls,
@@ -579,7 +570,6 @@ async fn main() -> Result<()> {
         None => None,
     };
     let plain = measure(
-        &client,
         &format!("{}/v1/gateway/plain/v1/charges", server.base),
         &bodies,
         calls,
@@ -590,7 +580,6 @@ async fn main() -> Result<()> {
     print_row("gateway, pure proxy (no tokens, no function)", &plain, conc);
     let before = PLAINTEXT_SEEN.load(Ordering::Relaxed);
     let full = measure(
-        &client,
         &format!("{}/v1/gateway/bench/v1/charges", server.base),
         &bodies,
         calls,
