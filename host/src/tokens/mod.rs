@@ -1,6 +1,6 @@
 //! Token formats.
 //!
-//! - Random: `tok_` and 26 base32 characters carrying 128 bits from the OS CSPRNG.
+//! - Random: `tok_` and 26 base32 characters carrying 128 bits from a CSPRNG (`rand::thread_rng`).
 //! - Deterministic: `tok_` and the base32 of 128 bits of HMAC-SHA256 under a per-scope key, so
 //!   equal values give equal tokens (joins keep working) and nobody without the key can compute one.
 //! - Format-preserving ([`fpe`]): a card token is still a Luhn-valid card with the same length and
