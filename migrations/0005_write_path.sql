@@ -13,3 +13,8 @@ ALTER TABLE records DROP CONSTRAINT records_vault_id_fkey;
 ALTER TABLE records DROP CONSTRAINT records_table_id_fkey;
 ALTER TABLE record_values DROP CONSTRAINT record_values_record_id_fkey;
 ALTER TABLE tokens DROP CONSTRAINT tokens_vault_id_fkey;
+
+-- `tokens` now reserves only the tokens that can collide in practice (format-preserving) or are
+-- shared between records (deterministic). Random opaque tokens (128 random bits) are not
+-- reserved: they live exactly as long as their `record_values` row (host/src/vault/records.rs,
+-- `allocate_tokens`). Rows written for them before this migration are released as before.
