@@ -265,7 +265,6 @@ impl VaultService {
         client: &impl GenericClient,
         v: &LoadedVault,
         values: &[PendingValue<'_>],
-        record_ids: &[Uuid],
         exclude: Option<&Uuid>,
     ) -> Result<(), VaultError> {
         let mut seen: HashMap<(Uuid, Vec<u8>), usize> = HashMap::new();
@@ -308,7 +307,6 @@ impl VaultService {
                 ));
             }
         }
-        let _ = record_ids;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -558,7 +556,7 @@ impl VaultService {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         lock_vault(&tx, v).await?;
-        self.check_unique(&tx, v, values, ids, None).await?;
+        self.check_unique(&tx, v, values, None).await?;
         self.allocate_tokens(&tx, v, values).await?;
         if consents.iter().all(Vec::is_empty) {
             tx.execute(
@@ -988,8 +986,7 @@ impl VaultService {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        self.check_unique(&tx, &v, &values, &[id], Some(&id))
-            .await?;
+        self.check_unique(&tx, &v, &values, Some(&id)).await?;
         self.allocate_tokens(&tx, &v, &mut values).await?;
         self.write_values(&tx, &v, t, &[id], &values, true).await?;
         if !cleared.is_empty() {
