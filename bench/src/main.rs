@@ -247,7 +247,7 @@ async fn main() -> Result<()> {
         .unwrap_or(500);
     let tokens = Arc::new(tokens);
     // Each client is one keep-alive connection (`Caller`, the cheapest load generator we have);
-    // bodies are built before the timing.
+    // bodies are built before their requests are timed.
     let mut callers = Vec::new();
     for _ in 0..32 {
         callers.push(Caller::connect(&base).await?);
