@@ -124,13 +124,7 @@ async fn invalid_values_are_named_not_echoed() {
     for s in secrets {
         assert!(!text.contains(s), "{s} echoed: {text}");
     }
-    let n: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM records", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.count("records").await;
     assert_eq!(n, 0);
 }
 
@@ -168,13 +162,7 @@ async fn too_many_records_and_oversized_bodies() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     );
-    let n: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM records", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.count("records").await;
     assert_eq!(n, 0);
 }
 

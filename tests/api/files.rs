@@ -243,13 +243,7 @@ async fn bad_files_and_file_schemas_are_refused() {
         assert_eq!(body["error"]["details"][0]["field"], "pdf", "{body}");
         assert!(!body.to_string().contains(secret), "{body}");
     }
-    let n: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM records", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.count("records").await;
     assert_eq!(n, 0, "nothing stored");
 
     // downloads: not a file column, no such record, a record without a file

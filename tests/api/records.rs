@@ -18,15 +18,6 @@ async fn insert(app: &TestApp, fields: Value) -> Value {
     body["records"][0].clone()
 }
 
-async fn count(app: &TestApp, table: &str) -> i64 {
-    app.db()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn insert_returns_tokens_and_reads_back_at_each_level() {
     let app = TestApp::spawn().await;
@@ -95,9 +86,9 @@ async fn batch_is_all_or_nothing() {
     assert_eq!(err["details"][0]["record"], 3, "{body}");
     assert_eq!(err["details"][0]["field"], "card_number", "{body}");
     assert!(!body.to_string().contains("4111111111111112"));
-    assert_eq!(count(&app, "records").await, 0);
-    assert_eq!(count(&app, "record_values").await, 0);
-    assert_eq!(count(&app, "tokens").await, 0);
+    assert_eq!(app.count("records").await, 0);
+    assert_eq!(app.count("record_values").await, 0);
+    assert_eq!(app.count("tokens").await, 0);
 }
 
 #[tokio::test]
@@ -120,7 +111,7 @@ async fn unique_columns_are_enforced_without_plaintext() {
         .await;
     let err = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     assert_eq!(err["details"][0]["record"], 1);
-    assert_eq!(count(&app, "records").await, 1);
+    assert_eq!(app.count("records").await, 1);
 }
 
 #[tokio::test]
@@ -224,8 +215,8 @@ async fn delete_destroys_values_and_kills_tokens() {
     for r in det["results"].as_array().unwrap() {
         assert_eq!(r["error"]["code"], "not_found", "{det}");
     }
-    assert_eq!(count(&app, "record_values").await, 0);
-    assert_eq!(count(&app, "tokens").await, 0);
+    assert_eq!(app.count("record_values").await, 0);
+    assert_eq!(app.count("tokens").await, 0);
     let (status, body) = app.delete(&format!("{RECORDS}/{id}")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }

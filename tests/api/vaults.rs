@@ -172,7 +172,6 @@ async fn delete_vault_destroys_keys_and_data() {
     // Only the deleted vault's rows are gone: the other vault still reads its record.
     let app = &app;
     let rows = |counts: [i64; 5]| async move {
-        let db = app.db().await;
         for (table, expected) in [
             "vaults",
             "vault_data_keys",
@@ -183,12 +182,7 @@ async fn delete_vault_destroys_keys_and_data() {
         .into_iter()
         .zip(counts)
         {
-            let n: i64 = db
-                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                .await
-                .unwrap()
-                .get(0);
-            assert_eq!(n, expected, "{table}");
+            assert_eq!(app.count(table).await, expected, "{table}");
         }
     };
     // The kept record: 3 values; 1 reserved token (the deterministic email; random tokens
@@ -244,14 +238,8 @@ async fn delete_vault_during_inserts_leaves_nothing_behind() {
                 "{status} {body}"
             );
         }
-        let db = app.db().await;
         for table in ["records", "record_values", "tokens"] {
-            let n: i64 = db
-                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                .await
-                .unwrap()
-                .get(0);
-            assert_eq!(n, 0, "round {round}: {table}");
+            assert_eq!(app.count(table).await, 0, "round {round}: {table}");
         }
     }
 }

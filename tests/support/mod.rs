@@ -235,6 +235,16 @@ impl TestApp {
         connect(self.db.clone()).await
     }
 
+    /// How many rows `table` of this server's database holds.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count rows")
+            .get(0)
+    }
+
     /// Sends a request with the admin key and a JSON body; returns status and JSON (Null if none).
     pub async fn call(
         &self,
