@@ -131,14 +131,13 @@ pub async fn connect_pg(dir: &Path) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// `http://host:port/path?query` as (`http://host:port`, `/path?query`).
-pub fn split_url(url: &str) -> Result<(String, String)> {
+/// `http://host:port/path?query` as (`host:port`, `/path?query`).
+pub fn split_url(url: &str) -> Result<(&str, &str)> {
     let rest = url
         .strip_prefix("http://")
         .context("the load generator speaks plain http")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    Ok((format!("http://{authority}"), path.to_string()))
+    Ok((authority, if path.is_empty() { "/" } else { path }))
 }
 
 /// One load-generating caller: a single keep-alive HTTP/1.1 connection (hyper's low-level
@@ -155,13 +154,9 @@ pub struct Caller {
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
 
 impl Caller {
-    /// Connects to `base` (`http://host:port`).
-    pub async fn connect(base: &str) -> Result<Caller> {
-        let authority = base
-            .strip_prefix("http://")
-            .context("the load generator speaks plain http")?
-            .trim_end_matches('/')
-            .to_string();
+    /// Connects to the host of `url` (`http://host:port[/…]`).
+    pub async fn connect(url: &str) -> Result<Caller> {
+        let authority = split_url(url)?.0.to_string();
         let sender = Caller::open(&authority).await?;
         let auth = hyper::header::HeaderValue::from_str(&format!("Bearer {ADMIN}"))?;
         Ok(Caller {

@@ -382,10 +382,10 @@ impl Phase {
 /// keep-alive connection (`Caller`, opened before the clock starts); every answer must be 200
 /// (the first that is not is the error, with its body).
 async fn load(url: &str, bodies: &Arc<Vec<Bytes>>, calls: usize, conc: usize) -> Result<Phase> {
-    let (base, path) = split_url(url)?;
+    let path = split_url(url)?.1.to_string();
     let mut callers = Vec::with_capacity(conc);
     for _ in 0..conc {
-        callers.push(Caller::connect(&base).await?);
+        callers.push(Caller::connect(url).await?);
     }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
