@@ -153,6 +153,7 @@ async fn delete_vault_destroys_keys_and_data() {
     let (status, body) = app.post("/v1/vaults", kept).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut kept_id = String::new();
+    let mut granted = Vec::new();
     for vault in ["payments", "kept"] {
         let (status, body) = app
             .post(
@@ -162,7 +163,18 @@ async fn delete_vault_destroys_keys_and_data() {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         kept_id = body["records"][0]["id"].as_str().unwrap().to_string();
+        granted.push(json!({"vault": vault, "table": "customers", "id": kept_id}));
     }
+    // One grant names a record of each vault.
+    app.service_account("agent-7", &["support-agent"]).await;
+    let (status, body) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "agent-7", "expires_in_seconds": 600, "records": granted}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(app.count("grant_records").await, 2);
     let (status, _) = app.delete("/v1/vaults/payments").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = app.get("/v1/vaults/payments").await;
@@ -188,6 +200,11 @@ async fn delete_vault_destroys_keys_and_data() {
     // The kept record: 3 values; 1 reserved token (the deterministic email; random tokens
     // are not reserved).
     rows([1, 1, 1, 3, 1]).await;
+    assert_eq!(
+        app.count("grant_records").await,
+        1,
+        "the grant keeps the other vault's record"
+    );
     let (status, body) = app
         .get(&format!(
             "/v1/vaults/kept/tables/customers/records/{kept_id}?redaction=plain"
@@ -195,6 +212,14 @@ async fn delete_vault_destroys_keys_and_data() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["fields"]["name"], "Ada Lovelace");
+    // Deleting the record itself drops the grant's reference to it too.
+    let (status, _) = app
+        .delete(&format!(
+            "/v1/vaults/kept/tables/customers/records/{kept_id}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.count("grant_records").await, 0);
     let (status, _) = app.delete("/v1/vaults/kept").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     rows([0; 5]).await;

@@ -1016,7 +1016,8 @@ impl VaultService {
         Ok(InsertedRecord { id, tokens })
     }
 
-    /// `DELETE …/records/{id}`: destroys the values; tokens no other record holds stop resolving.
+    /// `DELETE …/records/{id}`: destroys the values; tokens no other record holds stop resolving;
+    /// grants no longer name the record.
     pub async fn delete_record(
         &self,
         vault: &str,
@@ -1056,6 +1057,12 @@ impl VaultService {
             .collect();
         tx.execute(
             &tx.prepare_cached("DELETE FROM records WHERE id = $1")
+                .await?,
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM grant_records WHERE record_id = $1")
                 .await?,
             &[&id],
         )

@@ -299,7 +299,7 @@ impl VaultService {
     }
 
     /// `DELETE /v1/vaults/{vault}`: deletes the vault with its wrapped keys (crypto-shred),
-    /// schema, records, values and tokens.
+    /// schema, records, values, tokens and the grants' references to its records.
     pub async fn delete_vault(&self, name: &str) -> Result<(), VaultError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -314,6 +314,13 @@ impl VaultService {
             return Err(VaultError::NotFound(format!("vault `{name}`")));
         };
         let id: Uuid = row.get(0);
+        // Grants name records by id: they go with the records (a grant's other records stay).
+        tx.execute(
+            "DELETE FROM grant_records WHERE record_id IN
+               (SELECT r.id FROM records r JOIN vault_tables t ON t.id = r.table_id WHERE t.vault_id = $1)",
+            &[&id],
+        )
+        .await?;
         tx.execute(
             "DELETE FROM record_values WHERE record_id IN
                (SELECT r.id FROM records r JOIN vault_tables t ON t.id = r.table_id WHERE t.vault_id = $1)",
