@@ -199,3 +199,67 @@ impl Caller {
         Ok((status, body))
     }
 }
+
+/// Open-loop load at a fixed rate: the `callers` together offer `rate` requests per second,
+/// `calls` in all; caller `c` sends request `i = k·n + c` (n callers, round robin over `bodies`)
+/// when it is due, at `i / rate` seconds after the start. A closed loop (each caller sends as
+/// soon as its answer arrives) only measures the server at saturation, where p50 is the queue:
+/// about callers ÷ throughput. This measures the latency a request sees at a given load.
+///
+/// A latency runs from the moment the request was due when its caller was still waiting for
+/// its previous answer (the wait counts: no coordinated omission), and from the moment it was
+/// sent otherwise (the timer's own lateness, up to a millisecond, does not). Every answer must
+/// be 200 OK. The callers come back for the next phase; the latencies come back sorted.
+pub async fn paced(
+    callers: Vec<Caller>,
+    path: &str,
+    bodies: &std::sync::Arc<Vec<hyper::body::Bytes>>,
+    rate: f64,
+    calls: usize,
+) -> Result<(Vec<Caller>, Vec<Duration>)> {
+    let n = callers.len();
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(n);
+    for (c, mut caller) in callers.into_iter().enumerate() {
+        let (path, bodies) = (path.to_string(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(calls / n + 1);
+            for i in (c..calls).step_by(n) {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                let t0 = if tokio::time::Instant::now() >= due {
+                    due
+                } else {
+                    tokio::time::sleep_until(due).await;
+                    tokio::time::Instant::now()
+                };
+                let body = bodies[i % bodies.len()].clone();
+                let (status, answer) = caller.post(&path, body).await?;
+                lat.push(t0.elapsed());
+                if status != hyper::StatusCode::OK {
+                    bail!("{path}: {status}: {}", String::from_utf8_lossy(&answer));
+                }
+            }
+            Ok::<_, anyhow::Error>((caller, lat))
+        }));
+    }
+    let (mut callers, mut lat) = (Vec::with_capacity(n), Vec::with_capacity(calls));
+    for t in tasks {
+        let (caller, l) = t.await??;
+        callers.push(caller);
+        lat.extend(l);
+    }
+    lat.sort();
+    Ok((callers, lat))
+}
+
+/// Offered rates for the paced phases, from `var` (comma-separated requests/s) or `default`.
+pub fn rates(var: &str, default: &[f64]) -> Vec<f64> {
+    match std::env::var(var) {
+        Ok(s) => s
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .filter(|r: &f64| *r > 0.0)
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}

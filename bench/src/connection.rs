@@ -13,11 +13,16 @@
 //!
 //! Each is warmed up first, then measured with 32 callers (latency and throughput) and with one
 //! caller (latency without queueing). Overheads are p50 differences from the direct calls.
+//! Those 32 callers run a closed loop (each sends again as soon as it has its answer), which
+//! measures saturation: there p50 is the queue, about 32 ÷ throughput. So each target is then
+//! also measured open-loop: the 32 callers together offer a fixed rate (`common::paced`), and
+//! the p50 differences at each rate are the latency a call gains at that load.
 //!
 //! Run: `cargo build --release -p strongroom -p strongroom-bench && target/release/connection-bench`
 //! Options (environment): `BENCH_CALLS` (calls per measured phase, default 30000),
 //! `BENCH_CONCURRENCY` (default 32), `BENCH_SERIAL_CALLS` (one-caller phase, default 1000),
-//! `BENCH_NGINX` (the nginx binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
+//! `BENCH_RATES` (offered calls/s of the paced phases, default `500,1000,1500`),
+//! `BENCH_PACED_SECS` (length of each paced phase, default 4), `BENCH_NGINX` (the nginx binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
 //! `BENCH_SYNC_COMMIT=off` (diagnostic: the server's PostgreSQL stops waiting for the WAL flush
 //! at commit, to show what the audit append's commit costs a call), `BENCH_PROFILE=plain|full`
 //! (diagnostic: print the server's pid, then only load that route for 60 s, for `perf record -p`).
@@ -28,7 +33,8 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{
-    ADMIN, Caller, Server, connect_pg, free_port, guests, percentile, split_url, start_server,
+    ADMIN, Caller, Server, connect_pg, free_port, guests, paced, percentile, rates, split_url,
+    start_server,
 };
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -629,6 +635,54 @@ async fn main() -> Result<()> {
         None => println!(
             "pure proxy overhead (p50 - direct): strongroom {sr:.2} ms with {conc} callers, {sr1:.3} ms with 1 caller; nginx: unavailable, ratio skipped"
         ),
+    }
+
+    // Open loop: the same targets at fixed offered rates.
+    let secs = env_usize("BENCH_PACED_SECS", 4).max(1) as f64;
+    let mut targets = vec![("direct", format!("http://127.0.0.1:{upstream}/v1/charges"))];
+    if let Some(n) = &nginx {
+        targets.push(("nginx", format!("http://127.0.0.1:{}/v1/charges", n.port)));
+    }
+    targets.push((
+        "pure proxy",
+        format!("{}/v1/gateway/plain/v1/charges", server.base),
+    ));
+    targets.push((
+        "5 fields + function",
+        format!("{}/v1/gateway/bench/v1/charges", server.base),
+    ));
+    for rate in rates("BENCH_RATES", &[500.0, 1000.0, 1500.0]) {
+        let calls = (rate * secs) as usize;
+        let mut p50 = Vec::new();
+        let mut line = format!("paced {rate:>5.0} calls/s offered by {conc} callers, p50/p99 ms:");
+        for (label, url) in &targets {
+            let mut callers = Vec::with_capacity(conc);
+            for _ in 0..conc {
+                callers.push(Caller::connect(url).await?);
+            }
+            let (_, lat) = paced(callers, split_url(url)?.1, &bodies, rate, calls).await?;
+            let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1e3;
+            line.push_str(&format!(" {label} {:.2}/{:.2} |", ms(0.50), ms(0.99)));
+            p50.push((*label, percentile(&lat, 0.50)));
+        }
+        println!("{}", line.trim_end_matches(" |"));
+        let at = |label: &str| p50.iter().find(|(l, _)| *l == label).map(|(_, d)| *d);
+        if let (Some(d), Some(f), Some(p)) =
+            (at("direct"), at("5 fields + function"), at("pure proxy"))
+        {
+            let added = ms_diff(f, d);
+            let sr = ms_diff(p, d);
+            let ratio = at("nginx").map_or(String::from("nginx unavailable"), |n| {
+                format!(
+                    "nginx {:.3} ms, ratio {:.1}",
+                    ms_diff(n, d),
+                    sr / ms_diff(n, d)
+                )
+            });
+            println!(
+                "    added p50 (5 fields + function - direct) {added:.2} ms (goal <= 2 ms); pure proxy overhead {sr:.3} ms, {ratio} (goal <= 1.5)"
+            );
+        }
     }
     drop(nginx);
     drop(server);
