@@ -86,7 +86,11 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> Result<Server> {
         .env("STRONGROOM_LISTEN", format!("127.0.0.1:{port}"))
         .env("STRONGROOM_ADMIN_KEY", ADMIN)
         .env("STRONGROOM_MASTER_KEYS", MASTER)
-        .env("STRONGROOM_LOG", "warn")
+        // BENCH_SERVER_LOG=info (diagnostic): the server's request log, with each latency.
+        .env(
+            "STRONGROOM_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("STRONGROOM_DB_POOL_SIZE", "16")
         .envs(extra_env.iter().copied())
         .spawn()?;
