@@ -1004,6 +1004,18 @@ async fn detokenize_rules_honour_their_vault_redaction_and_route_templates() {
         "masked: {body}"
     );
     assert!(!got.text().contains(ADA_CARD), "{}", got.text());
+    // the rule without a vault goes on to the next vault (`crm` is searched first, then
+    // `payments`) for a token the first does not hold
+    let a = call(
+        "/v1/gateway/mixed/customers/cus_1",
+        json!({"card": token(&p.ada, "card_number"), "email": token(&p.ada, "email"),
+               "odd key": token(&lead, "email")}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let body = upstream.last().json();
+    assert_eq!(body["email"], ADA_EMAIL, "{body}");
+    assert_eq!(body["odd key"], "lead@example.test", "{body}");
 
     // a token of another vault is not a token for a rule naming its vault
     let before = upstream.count();

@@ -350,6 +350,11 @@ impl ConnectionService {
                         (_, Err(code)) => values[*i] = Some(Err(code)),
                     }
                 }
+                // The first vault that reveals a token wins; once every token of the group is
+                // revealed, the other vaults cannot change the answer.
+                if members.iter().all(|i| matches!(values[*i], Some(Ok(_)))) {
+                    break;
+                }
             }
         }
         let mut out = Vec::with_capacity(found.len());
