@@ -22,9 +22,10 @@
 //! Options (environment): `BENCH_CALLS` (calls per measured phase, default 30000),
 //! `BENCH_CONCURRENCY` (default 32), `BENCH_SERIAL_CALLS` (one-caller phase, default 1000),
 //! `BENCH_RATES` (offered calls/s of the paced phases, default `500,1000,1500`),
-//! `BENCH_PACED_SECS` (length of each paced phase, default 4), `BENCH_NGINX` (the nginx binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
+//! `BENCH_PACED_SECS` (length of each paced phase, default 4), `BENCH_NGINX` (the nginx
+//! binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
 //! `BENCH_SYNC_COMMIT=off` (diagnostic: the server's PostgreSQL stops waiting for the WAL flush
-//! at commit, to show what the audit append's commit costs a call), `BENCH_PROFILE=plain|full`
+//! at commit, to show what the audit append's commit costs a call), `BENCH_PROFILE=plain|bench`
 //! (diagnostic: print the server's pid, then only load that route for 60 s, for `perf record -p`).
 //! Builds the guest components first (`cargo build --release --target wasm32-wasip2` in
 //! `functions-examples/`).

@@ -204,9 +204,9 @@ async fn main() -> Result<()> {
     // The insert phases leave their pages dirty in the page cache. If the kernel writes them
     // back during the read phases (dirty pages expire after 30 s), each answer there waits for
     // its audit commit's `fdatasync` behind that write-back: in one run the server's request log
-    // showed all 32 requests in flight finishing together, 100-550 ms late, about 30 s after the
-    // load. So they are written back before the reads are measured. (Stalls from other tenants
-    // of a shared disk remain, and show in the tails.)
+    // showed all 32 requests in flight finishing together, 100-550 ms late, 15-31 s after the
+    // load began. So they are written back before the reads are measured. (Stalls from other
+    // tenants of a shared disk remain, and show in the tails.)
     tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await??;
 
     // Detokenize in batches of 1000.
