@@ -24,6 +24,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Database connections (`STRONGROOM_DB_POOL_SIZE`, default 16).
     pub db_pool_size: usize,
+    /// How long a request waits for its audit event to be stored before it is answered 503
+    /// instead (`STRONGROOM_AUDIT_TIMEOUT_MS`, default 5000). A request is never answered
+    /// unaudited; this bounds how long a stalled database holds every request.
+    pub audit_timeout_ms: usize,
     /// Lifts the card guardrail (`STRONGROOM_ALLOW_PLAINTEXT_CARDS=true`): service accounts may
     /// then receive plaintext card numbers where policies allow. Off by default; logged when on.
     pub allow_plaintext_cards: bool,
@@ -64,6 +68,7 @@ const KEYS: &[&str] = &[
     "admin_key",
     "max_body_bytes",
     "db_pool_size",
+    "audit_timeout_ms",
     "allow_plaintext_cards",
     "egress_allow_networks",
     "egress_allow_http_hosts",
@@ -114,6 +119,11 @@ impl Settings {
             admin_key: admin_key.map(SecretString::from),
             max_body_bytes: number(get("max_body_bytes")?, "STRONGROOM_MAX_BODY_BYTES", 8 << 20)?,
             db_pool_size: number(get("db_pool_size")?, "STRONGROOM_DB_POOL_SIZE", 16)?,
+            audit_timeout_ms: number(
+                get("audit_timeout_ms")?,
+                "STRONGROOM_AUDIT_TIMEOUT_MS",
+                5000,
+            )?,
             allow_plaintext_cards: match get("allow_plaintext_cards")?.as_deref().map(str::trim) {
                 None | Some("") | Some("false") => false,
                 Some("true") => true,
@@ -173,6 +183,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8600");
         assert_eq!(s.data_dir, PathBuf::from("./strongroom-data"));
         assert!(s.database_url.is_none() && s.master_keys.is_none() && s.admin_key.is_none());
+        assert_eq!(s.audit_timeout_ms, 5000);
     }
 
     #[test]
@@ -184,6 +195,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.admin_key.unwrap().expose_secret().len(), 32);
+        let s = settings(&[("STRONGROOM_AUDIT_TIMEOUT_MS", "250")]).unwrap();
+        assert_eq!(s.audit_timeout_ms, 250);
+        assert!(settings(&[("STRONGROOM_AUDIT_TIMEOUT_MS", "0")]).is_err());
         assert!(matches!(
             settings(&[("STRONGROOM_LISTEN", "nope")]),
             Err(ConfigError::Listen)

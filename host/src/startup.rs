@@ -75,8 +75,14 @@ impl Application {
             .check_keys_and_resume()
             .await
             .context("the stored vault keys do not open with the configured master keys")?;
-        let gov = match Governance::start(pool, &ring, &admin, !settings.allow_plaintext_cards)
-            .await
+        let gov = match Governance::start(
+            pool,
+            &ring,
+            &admin,
+            !settings.allow_plaintext_cards,
+            std::time::Duration::from_millis(settings.audit_timeout_ms as u64),
+        )
+        .await
         {
             Ok(gov) => gov,
             Err(crate::governance::GovError::Policies(problems)) => {

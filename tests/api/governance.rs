@@ -662,3 +662,46 @@ async fn no_unaudited_access() {
     let (_, ok) = app.get("/v1/audit/verify").await;
     assert_eq!(ok["ok"], true, "{ok}");
 }
+
+/// A stalled audit write (the table locked, as a hung disk would hold it) does not hold
+/// requests forever: after `audit_timeout_ms` the answer is 503, without the data. The event
+/// is stored once the database moves again, and the chain stays intact.
+#[tokio::test]
+async fn a_stalled_audit_write_is_answered_503_in_bounded_time() {
+    let app = TestApp::spawn_with(|s| s.audit_timeout_ms = 300).await;
+    app.payments_vault().await;
+    let recs = insert(&app, json!([customer("stall@example.com", "CA")])).await;
+    let id = recs[0]["id"].as_str().unwrap();
+    let before = app.count("audit_events").await;
+    let db = app.db().await;
+    db.batch_execute("BEGIN; LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.get(&format!("{RECORDS}/{id}?redaction=plain")),
+    )
+    .await
+    .expect("no answer within 10 s: the wait for the audit write is not bounded");
+    let waited = started.elapsed();
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+    );
+    assert!(!body.to_string().contains("stall@example.com"));
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    db.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // the withheld read's event and this one are both stored, in order
+    assert_eq!(app.count("audit_events").await, before + 2);
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+}

@@ -135,6 +135,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
     pool: Pool,
     key: Arc<Key>,
+    /// How long `append` waits for its event to be stored.
+    timeout: std::time::Duration,
 }
 
 /// The first event that does not verify.
@@ -169,24 +171,39 @@ fn chain_hash(key: &Key, prev: &[u8], event: &str) -> [u8; 32] {
 }
 
 impl AuditLog {
-    /// Starts the writer task.
-    pub fn start(pool: Pool, key: Key) -> AuditLog {
+    /// Starts the writer task. `append` waits at most `timeout` for its event.
+    pub fn start(pool: Pool, key: Key, timeout: std::time::Duration) -> AuditLog {
         let (tx, rx) = mpsc::channel(4096);
         let key = Arc::new(key);
         tokio::spawn(writer(pool.clone(), key.clone(), rx));
-        AuditLog { tx, pool, key }
+        AuditLog {
+            tx,
+            pool,
+            key,
+            timeout,
+        }
     }
 
     /// Appends an event and waits until it is stored. Returns its sequence number.
+    ///
+    /// An error when the event could not be stored, or was not stored within the timeout (the
+    /// database stalled): the request is then answered 503 instead of its result. A timed-out
+    /// event stays queued and is stored, in order, once the database moves again, so the log
+    /// holds an event for a request whose result was withheld, never the other way round.
     pub async fn append(&self, event: Event) -> Result<i64, GovError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Pending { event, done })
+        let stored = async {
+            self.tx
+                .send(Pending { event, done })
+                .await
+                .map_err(|_| GovError::Audit)?;
+            wait.await
+                .map_err(|_| GovError::Audit)?
+                .map_err(|_| GovError::Audit)
+        };
+        tokio::time::timeout(self.timeout, stored)
             .await
-            .map_err(|_| GovError::Audit)?;
-        wait.await
-            .map_err(|_| GovError::Audit)?
-            .map_err(|_| GovError::Audit)
+            .map_err(|_| GovError::AuditTimeout)?
     }
 
     /// `GET /v1/audit`.

@@ -36,6 +36,8 @@ pub enum GovError {
     Policies(Vec<PolicyProblem>),
     #[error("the audit event could not be written")]
     Audit,
+    #[error("the audit event was not stored in time")]
+    AuditTimeout,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -161,6 +163,7 @@ impl Governance {
         ring: &MasterKeyRing,
         admin_key: &str,
         card_guardrail: bool,
+        audit_timeout: std::time::Duration,
     ) -> Result<Governance, GovError> {
         let hash_key = server_key(&pool, ring, "api-key-hash").await?;
         let audit_key = server_key(&pool, ring, "audit-chain").await?;
@@ -193,7 +196,7 @@ impl Governance {
             );
         }
         Ok(Governance {
-            audit: AuditLog::start(pool.clone(), audit_key),
+            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout),
             pool,
             accounts,
             engine: RwLock::new(Arc::new(engine)),
