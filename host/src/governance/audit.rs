@@ -188,8 +188,10 @@ impl AuditLog {
     ///
     /// An error when the event could not be stored, or was not stored within the timeout (the
     /// database stalled): the request is then answered 503 instead of its result. A timed-out
-    /// event stays queued and is stored, in order, once the database moves again, so the log
-    /// holds an event for a request whose result was withheld, never the other way round.
+    /// event already in the writer's queue is still stored, in order, once the database moves
+    /// again; one that timed out waiting for room in the queue is dropped. Either way its answer
+    /// was withheld: the log may hold an event for a withheld answer, never an answer without
+    /// its event.
     pub async fn append(&self, event: Event) -> Result<i64, GovError> {
         let (done, wait) = oneshot::channel();
         let stored = async {
