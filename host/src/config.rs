@@ -24,6 +24,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Database connections (`STRONGROOM_DB_POOL_SIZE`, default 16).
     pub db_pool_size: usize,
+    /// How long a request waits for a database connection from the pool, and a new connection
+    /// to open, before it is answered 503 `unavailable` (`STRONGROOM_DB_WAIT_TIMEOUT_MS`,
+    /// default 10000).
+    pub db_wait_timeout_ms: usize,
     /// How long a request waits for its audit event to be stored before it is answered 503
     /// instead (`STRONGROOM_AUDIT_TIMEOUT_MS`, default 5000). A request is never answered
     /// unaudited; this bounds how long a stalled database holds every request.
@@ -69,6 +73,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "db_pool_size",
     "audit_timeout_ms",
+    "db_wait_timeout_ms",
     "allow_plaintext_cards",
     "egress_allow_networks",
     "egress_allow_http_hosts",
@@ -119,6 +124,11 @@ impl Settings {
             admin_key: admin_key.map(SecretString::from),
             max_body_bytes: number(get("max_body_bytes")?, "STRONGROOM_MAX_BODY_BYTES", 8 << 20)?,
             db_pool_size: number(get("db_pool_size")?, "STRONGROOM_DB_POOL_SIZE", 16)?,
+            db_wait_timeout_ms: number(
+                get("db_wait_timeout_ms")?,
+                "STRONGROOM_DB_WAIT_TIMEOUT_MS",
+                10_000,
+            )?,
             audit_timeout_ms: number(
                 get("audit_timeout_ms")?,
                 "STRONGROOM_AUDIT_TIMEOUT_MS",
@@ -184,6 +194,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./strongroom-data"));
         assert!(s.database_url.is_none() && s.master_keys.is_none() && s.admin_key.is_none());
         assert_eq!(s.audit_timeout_ms, 5000);
+        assert_eq!(s.db_wait_timeout_ms, 10_000);
     }
 
     #[test]

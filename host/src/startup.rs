@@ -63,7 +63,11 @@ impl Application {
                 config
             }
         };
-        let pool = crate::db::pool(db_config, settings.db_pool_size)?;
+        let pool = crate::db::pool(
+            db_config,
+            settings.db_pool_size,
+            std::time::Duration::from_millis(settings.db_wait_timeout_ms as u64),
+        )?;
         crate::db::migrate(&pool).await.context(
             "could not prepare the database (is it reachable, and may this user create tables?)",
         )?;

@@ -705,3 +705,57 @@ async fn a_stalled_audit_write_is_answered_503_in_bounded_time() {
     let (_, ok) = app.get("/v1/audit/verify").await;
     assert_eq!(ok["ok"], true, "{ok}");
 }
+
+/// A pool held by stalled requests does not hold the next request forever: after
+/// `db_wait_timeout_ms` without a free connection it is answered 503, and the stalled requests
+/// still finish once the database moves.
+#[tokio::test]
+async fn a_stalled_database_is_answered_503_in_bounded_time() {
+    let app = TestApp::spawn_with(|s| {
+        s.db_pool_size = 2;
+        s.db_wait_timeout_ms = 300;
+    })
+    .await;
+    app.payments_vault().await;
+    let recs = insert(&app, json!([customer("pool@example.com", "CA")])).await;
+    let read = format!(
+        "{RECORDS}/{}?redaction=plain",
+        recs[0]["id"].as_str().unwrap()
+    );
+    let db = app.db().await;
+    db.batch_execute("BEGIN; LOCK TABLE records, record_values IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // two reads take the pool's two connections and wait for the lock; a third request finds
+    // no free connection
+    let third = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(10), app.get("/v1/vaults"))
+                .await
+                .expect("no answer within 10 s: the wait for a connection is not bounded");
+        (answer, started.elapsed())
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        db.batch_execute("COMMIT").await.unwrap();
+    };
+    let (first, second, ((status, body), waited), ()) =
+        tokio::join!(app.get(&read), app.get(&read), third, release);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        ["unavailable", "audit_unavailable"].contains(&body["error"]["code"].as_str().unwrap()),
+        "{body}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    for (status, body) in [first, second] {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["fields"]["email"], "pool@example.com");
+    }
+    let (status, body) = app.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -137,7 +137,12 @@ pub async fn fresh_database() -> (String, tokio_postgres::Config) {
                 .batch_execute("CREATE DATABASE sr_template")
                 .await
                 .expect("create template");
-            let pool = strongroom::db::pool(cluster.pg.config_for("sr_template"), 1).expect("pool");
+            let pool = strongroom::db::pool(
+                cluster.pg.config_for("sr_template"),
+                1,
+                std::time::Duration::from_secs(30),
+            )
+            .expect("pool");
             strongroom::db::migrate(&pool)
                 .await
                 .expect("migrate template");

@@ -48,12 +48,18 @@ pub enum DbError {
     Build(#[from] deadpool_postgres::BuildError),
 }
 
-/// A pool over `config` with `size` connections.
+/// A pool over `config` with `size` connections. Waiting for a free connection, and opening
+/// a new one, each give up after `wait` (`PoolError::Timeout`, answered 503): a database that
+/// hangs, or a pool held by slow requests, does not hold every request forever.
 ///
 /// Statements are prepared once per connection (`prepare_cached`) and planned generically:
 /// every hot query is written as index probes (`unnest` + `LATERAL`), so a generic plan is as
 /// good as a custom one, and re-planning on each execution was most of the database's work.
-pub fn pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+pub fn pool(
+    mut config: tokio_postgres::Config,
+    size: usize,
+    wait: std::time::Duration,
+) -> Result<Pool, DbError> {
     let options = match config.get_options() {
         Some(o) if !o.is_empty() => format!("{o} -c plan_cache_mode=force_generic_plan"),
         _ => "-c plan_cache_mode=force_generic_plan".to_string(),
@@ -66,7 +72,12 @@ pub fn pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool, DbE
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Ok(Pool::builder(manager).max_size(size).build()?)
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .build()?)
 }
 
 /// Applies every migration not yet applied.

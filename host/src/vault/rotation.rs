@@ -84,7 +84,15 @@ impl Worker {
     async fn run(&self, vault: Uuid) -> Result<u64, VaultError> {
         let mut total = 0u64;
         loop {
-            let mut client = self.pool.get().await?;
+            // A pool busy with requests makes this background job wait, not stop.
+            let mut client = match self.pool.get().await {
+                Ok(c) => c,
+                Err(deadpool_postgres::PoolError::Timeout(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let Some(name) = client
                 .query_opt("SELECT name FROM vaults WHERE id = $1", &[&vault])
                 .await?
