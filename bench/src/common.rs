@@ -256,6 +256,14 @@ pub async fn paced(
     Ok((callers, lat))
 }
 
+/// A number from the environment variable `name`, or `default` when it is unset or not one.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 /// Offered rates for the paced phases, from `var` (comma-separated requests/s) or `default`.
 pub fn rates(var: &str, default: &[f64]) -> Vec<f64> {
     match std::env::var(var) {

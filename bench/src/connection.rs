@@ -34,8 +34,8 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{
-    ADMIN, Caller, Server, connect_pg, free_port, guests, paced, percentile, rates, split_url,
-    start_server,
+    ADMIN, Caller, Server, connect_pg, env_or, free_port, guests, paced, percentile, rates,
+    split_url, start_server,
 };
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -62,13 +62,6 @@ const PLAINTEXT_MARK: &[u8] = b"Customer Number ";
 /// What the upstream answers to everything.
 const REPLY: &str =
     r#"{"id":"ch_3MmlLrLkdIwHu7ix0snN0B15","object":"charge","status":"succeeded","amount":1999}"#;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The upstream: any method and path, the body read and checked for plaintext (counted in
 /// [`PLAINTEXT_SEEN`]), [`REPLY`] at once. It runs on
@@ -476,9 +469,9 @@ fn ms_diff(a: Duration, b: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let calls = env_usize("BENCH_CALLS", 30_000);
-    let conc = env_usize("BENCH_CONCURRENCY", 32).max(1);
-    let serial_calls = env_usize("BENCH_SERIAL_CALLS", 1000).max(1);
+    let calls = env_or("BENCH_CALLS", 30_000);
+    let conc = env_or("BENCH_CONCURRENCY", 32).max(1);
+    let serial_calls = env_or("BENCH_SERIAL_CALLS", 1000).max(1);
     let wasm = std::fs::read(guests()?.join("hostile_trivial.wasm"))?;
 
     let upstream = start_upstream()?;
@@ -639,7 +632,7 @@ async fn main() -> Result<()> {
     }
 
     // Open loop: the same targets at fixed offered rates.
-    let secs = env_usize("BENCH_PACED_SECS", 4).max(1) as f64;
+    let secs = env_or("BENCH_PACED_SECS", 4).max(1) as f64;
     let mut targets = vec![("direct", format!("http://127.0.0.1:{upstream}/v1/charges"))];
     if let Some(n) = &nginx {
         targets.push(("nginx", format!("http://127.0.0.1:{}/v1/charges", n.port)));

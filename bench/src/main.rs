@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::{Result, bail};
-use common::{ADMIN, Caller, connect_pg, paced, percentile, rates, start_server};
+use common::{ADMIN, Caller, connect_pg, env_or, paced, percentile, rates, start_server};
 use hyper::StatusCode;
 use hyper::body::Bytes;
 use rand::Rng;
@@ -106,14 +106,8 @@ async fn explain(pg: &tokio_postgres::Client) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let total: usize = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let conc: usize = std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let total: usize = env_or("BENCH_RECORDS", 100_000);
+    let conc: usize = env_or("BENCH_CONCURRENCY", 4);
     let batches = total / 1000;
     let server = start_server(&[]).await?;
     let client = reqwest::Client::builder()
@@ -250,10 +244,7 @@ async fn main() -> Result<()> {
 
     // Single-token detokenize, 32 concurrent clients: a warm-up round (each pool connection
     // prepares its statements), then the measured round.
-    let per_client: usize = std::env::var("BENCH_SINGLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+    let per_client: usize = env_or("BENCH_SINGLE", 500);
     let tokens = Arc::new(tokens);
     // Each client is one keep-alive connection (`Caller`, the cheapest load generator we have);
     // bodies are built before their requests are timed.
@@ -310,10 +301,7 @@ async fn main() -> Result<()> {
             })
             .collect(),
     );
-    let secs: f64 = std::env::var("BENCH_PACED_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
+    let secs: f64 = env_or("BENCH_PACED_SECS", 4.0);
     let mut paced_rows = Vec::new();
     for rate in rates("BENCH_RATES", &[1000.0, 2000.0, 3000.0]) {
         let (back, lat) = paced(callers, det_path, &bodies, rate, (rate * secs) as usize).await?;
