@@ -80,6 +80,16 @@ const KEYS: &[&str] = &[
 ];
 
 impl Settings {
+    /// `db_wait_timeout_ms` as a duration.
+    pub fn db_wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_wait_timeout_ms as u64)
+    }
+
+    /// `audit_timeout_ms` as a duration.
+    pub fn audit_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.audit_timeout_ms as u64)
+    }
+
     /// Reads the process environment (and the file it may name).
     pub fn from_env() -> Result<Settings, ConfigError> {
         Settings::from_lookup(|name| std::env::var(name).ok())
@@ -208,6 +218,7 @@ mod tests {
         assert_eq!(s.admin_key.unwrap().expose_secret().len(), 32);
         let s = settings(&[("STRONGROOM_AUDIT_TIMEOUT_MS", "250")]).unwrap();
         assert_eq!(s.audit_timeout_ms, 250);
+        assert_eq!(s.audit_timeout(), std::time::Duration::from_millis(250));
         assert!(settings(&[("STRONGROOM_AUDIT_TIMEOUT_MS", "0")]).is_err());
         assert!(matches!(
             settings(&[("STRONGROOM_LISTEN", "nope")]),

@@ -63,11 +63,7 @@ impl Application {
                 config
             }
         };
-        let pool = crate::db::pool(
-            db_config,
-            settings.db_pool_size,
-            std::time::Duration::from_millis(settings.db_wait_timeout_ms as u64),
-        )?;
+        let pool = crate::db::pool(db_config, settings.db_pool_size, settings.db_wait_timeout())?;
         crate::db::migrate(&pool).await.context(
             "could not prepare the database (is it reachable, and may this user create tables?)",
         )?;
@@ -84,7 +80,7 @@ impl Application {
             &ring,
             &admin,
             !settings.allow_plaintext_cards,
-            std::time::Duration::from_millis(settings.audit_timeout_ms as u64),
+            settings.audit_timeout(),
         )
         .await
         {
