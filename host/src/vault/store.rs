@@ -314,21 +314,14 @@ impl VaultService {
             return Err(VaultError::NotFound(format!("vault `{name}`")));
         };
         let id: Uuid = row.get(0);
-        // Grants name records by id: they go with the records (a grant's other records stay).
+        // The records, and with them their values and the grants' references to them (a
+        // grant's records in other vaults stay): one statement, one set of record ids.
         tx.execute(
-            "DELETE FROM grant_records WHERE record_id IN
-               (SELECT r.id FROM records r JOIN vault_tables t ON t.id = r.table_id WHERE t.vault_id = $1)",
-            &[&id],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM record_values WHERE record_id IN
-               (SELECT r.id FROM records r JOIN vault_tables t ON t.id = r.table_id WHERE t.vault_id = $1)",
-            &[&id],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM records WHERE table_id IN (SELECT id FROM vault_tables WHERE vault_id = $1)",
+            "WITH gone AS (DELETE FROM records WHERE table_id IN
+                             (SELECT id FROM vault_tables WHERE vault_id = $1) RETURNING id),
+                  vals AS (DELETE FROM record_values WHERE record_id IN (SELECT id FROM gone)),
+                  granted AS (DELETE FROM grant_records WHERE record_id IN (SELECT id FROM gone))
+             SELECT count(*) FROM gone",
             &[&id],
         )
         .await?;
