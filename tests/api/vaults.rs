@@ -158,7 +158,7 @@ async fn delete_vault_destroys_keys_and_data() {
         let (status, body) = app
             .post(
                 &format!("/v1/vaults/{vault}/tables/customers/records"),
-                json!({"records": [{"fields": {"name": "Ada Lovelace", "ssn": "123-45-6789", "email": "ada@example.com"}}]}),
+                json!({"records": [{"fields": {"name": "Ada Lovelace", "ssn": "123-45-6789", "email": "ada@example.com", "card_number": "4111111111111111"}}]}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -197,9 +197,9 @@ async fn delete_vault_destroys_keys_and_data() {
             assert_eq!(app.count(table).await, expected, "{table}");
         }
     };
-    // The kept record: 3 values; 1 reserved token (the deterministic email; random tokens
-    // are not reserved).
-    rows([1, 1, 1, 3, 1]).await;
+    // The kept record: 4 values; 1 reserved token (the format-preserving card; opaque
+    // tokens, random or deterministic, are not reserved).
+    rows([1, 1, 1, 4, 1]).await;
     assert_eq!(
         app.count("grant_records").await,
         1,

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "write_path",
         include_str!("../../../migrations/0005_write_path.sql"),
     ),
+    (
+        6,
+        "opaque_tokens",
+        include_str!("../../../migrations/0006_opaque_tokens.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

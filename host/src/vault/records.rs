@@ -150,14 +150,13 @@ fn make_token(
                 tokens::format_preserving_random(format, canonical).map_err(token_reason)?;
             (token, random_binding())
         }
+        // Not reserved either: a keyed 128-bit hash of the value (see `allocate_tokens`).
         Tokenization::Deterministic => {
             let (det, _) = scope_keys(v, &scope)?;
-            let token = if attempt == 0 {
-                tokens::deterministic_token(det.expose(), canonical)
-            } else {
-                tokens::deterministic_token(det.expose(), &format!("{attempt}\u{0}{canonical}"))
-            };
-            (token, v.keys.binding(&scope, canonical))
+            (
+                tokens::deterministic_token(det.expose(), canonical),
+                Vec::new(),
+            )
         }
         Tokenization::DeterministicFormatPreserving => {
             let format = fpe_format(column.data_type).ok_or("cannot be format-preserved")?;
@@ -319,15 +318,18 @@ impl VaultService {
     }
 
     /// Reserves every pending token in `tokens`, regenerating those that collide with a token
-    /// bound to another value. Deterministic tokens already bound to the same value are reused.
+    /// bound to another value. A deterministic format-preserving token already bound to the same
+    /// value is reused.
     ///
-    /// Random opaque tokens (`tok_` and 128 random bits) are not reserved: two of them, or one
-    /// and a deterministic token of the same shape, coincide with probability about n²/2^129
-    /// (2^-65 after 2^32 tokens), the bound random UUIDs rely on. Such a token belongs to one
-    /// value and dies with its row. Reserving it cost two more random index descents per value
-    /// on every insert. The modes whose tokens can collide in practice (format-preserving: a
-    /// card keeps its last four digits) or are shared between records (deterministic) are
-    /// reserved, and retried on a clash.
+    /// Opaque tokens (`tok_` and 128 bits) are not reserved. A random one is 128 random bits; a
+    /// deterministic one is a keyed 128-bit hash of its scope's value, which nobody without the
+    /// vault's index key can aim at another token. Any two of them coincide with probability
+    /// about n²/2^129 (2^-65 after 2^32 tokens), the bound random UUIDs rely on. Such a token
+    /// is found through the values that hold it and dies with the last of them; a deterministic
+    /// one is the same for every record holding the value, so it needs no shared row to stay
+    /// equal. Reserving them cost a `tokens` row and two more random index descents per value
+    /// on every insert. Format-preserving tokens, which can collide in practice (a card keeps its
+    /// last four digits), are reserved, and retried on a clash.
     async fn allocate_tokens(
         &self,
         client: &impl GenericClient,
@@ -336,8 +338,7 @@ impl VaultService {
     ) -> Result<(), VaultError> {
         let mut pending: Vec<usize> = (0..values.len())
             .filter(|i| {
-                values[*i].token.is_some()
-                    && !matches!(values[*i].column.tokenization, Tokenization::Random)
+                values[*i].token.is_some() && values[*i].column.tokenization.is_format_preserving()
             })
             .collect();
         for _round in 0..TOKEN_ROUNDS {
@@ -1174,7 +1175,8 @@ impl VaultService {
             }
         }
         if !kept.is_empty() {
-            // Resolve each held value's existing token (normally attempt 0; later attempts after a collision).
+            // Resolve each held value's existing token (a reserved format-preserving one may be a
+            // later attempt after a collision).
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             lock_vault(&tx, &v).await?;
