@@ -15,6 +15,8 @@ use rand::RngCore;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -421,10 +423,11 @@ impl VaultService {
         }
     }
 
-    /// Seals values and writes them (with their records when `new_records`) in `tx`.
+    /// Seals values and writes them in `tx`: new records' values with `COPY`, which PostgreSQL
+    /// writes a page at a time; an update's (`upsert`) with `INSERT … ON CONFLICT`.
     async fn write_values(
         &self,
-        tx: &impl GenericClient,
+        tx: &deadpool_postgres::Transaction<'_>,
         v: &LoadedVault,
         t: &Table,
         record_ids: &[Uuid],
@@ -459,23 +462,54 @@ impl VaultService {
             });
             blinds.push(blind);
         }
-        let sql = if upsert {
-            "INSERT INTO record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
-             SELECT r, c, $7, $8, s, h, b, u FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[]) AS x(r, c, s, h, b, u)
-             ON CONFLICT (record_id, column_id) DO UPDATE SET key_version = excluded.key_version, sealed = excluded.sealed,
-               token_hash = excluded.token_hash, blind_index = excluded.blind_index, unique_key = excluded.unique_key"
-        } else {
-            "INSERT INTO record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
-             SELECT r, c, $7, $8, s, h, b, u FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[]) AS x(r, c, s, h, b, u)"
-        };
-        let result = tx
-            .execute(
-                sql,
+        let result = if upsert {
+            tx.execute(
+                "INSERT INTO record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
+                 SELECT r, c, $7, $8, s, h, b, u FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[]) AS x(r, c, s, h, b, u)
+                 ON CONFLICT (record_id, column_id) DO UPDATE SET key_version = excluded.key_version, sealed = excluded.sealed,
+                   token_hash = excluded.token_hash, blind_index = excluded.blind_index, unique_key = excluded.unique_key",
                 &[
                     &rids, &cids, &sealed, &hashes, &blinds, &uniques, &v.id, &version,
                 ],
             )
-            .await;
+            .await
+        } else {
+            let sink = tx
+                .copy_in(
+                    "COPY record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
+                     FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let writer = BinaryCopyInWriter::new(
+                sink,
+                &[
+                    Type::UUID,
+                    Type::UUID,
+                    Type::UUID,
+                    Type::INT4,
+                    Type::BYTEA,
+                    Type::BYTEA,
+                    Type::BYTEA,
+                    Type::BYTEA,
+                ],
+            );
+            copy_rows(
+                writer,
+                (0..n).map(|i| {
+                    [
+                        &rids[i] as &(dyn ToSql + Sync),
+                        &cids[i],
+                        &v.id,
+                        &version,
+                        &sealed[i],
+                        &hashes[i],
+                        &blinds[i],
+                        &uniques[i],
+                    ]
+                }),
+            )
+            .await
+        };
         match result {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 Err(VaultError::Conflict {
@@ -560,9 +594,14 @@ impl VaultService {
         self.check_unique(&tx, v, values, None).await?;
         self.allocate_tokens(&tx, v, values).await?;
         if consents.iter().all(Vec::is_empty) {
-            tx.execute(
-                &tx.prepare_cached("INSERT INTO records (id, vault_id, table_id) SELECT unnest($1::uuid[]), $2, $3").await?,
-                &[&ids, &v.id, &t.id],
+            let sink = tx
+                .copy_in("COPY records (id, vault_id, table_id) FROM STDIN (FORMAT binary)")
+                .await?;
+            let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::UUID, Type::UUID]);
+            copy_rows(
+                writer,
+                ids.iter()
+                    .map(|id| [id as &(dyn ToSql + Sync), &v.id, &t.id]),
             )
             .await?;
         } else {
@@ -1225,6 +1264,18 @@ fn new_record_ids(n: usize) -> Vec<Uuid> {
             Uuid::new_v8(b)
         })
         .collect()
+}
+
+/// Streams `rows` into a binary `COPY` and finishes it.
+async fn copy_rows<'a, const N: usize>(
+    writer: BinaryCopyInWriter,
+    rows: impl Iterator<Item = [&'a (dyn ToSql + Sync); N]>,
+) -> Result<u64, tokio_postgres::Error> {
+    let mut writer = std::pin::pin!(writer);
+    for row in rows {
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await
 }
 
 /// Holds the vault row FOR KEY SHARE until the transaction ends: every transaction that writes
