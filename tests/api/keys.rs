@@ -74,6 +74,134 @@ async fn data_key_rotation_reencrypts_in_background() {
     assert_eq!(body["fields"]["ssn"], "123-45-6789");
 }
 
+/// Re-encryption walks every table, is not called done while another transaction holds a value
+/// under the old version, and a restart resumes it.
+#[tokio::test]
+async fn reencryption_waits_for_held_values_and_resumes_after_restart() {
+    let mut app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tables",
+            json!({"name": "leads", "columns": [{"name": "phone", "type": "phone"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let customers: Vec<_> = (0..450)
+        .map(|i| json!({"fields": {"name": format!("Person {i}"), "ssn": "123-45-6789"}}))
+        .collect();
+    let leads: Vec<_> = (0..250)
+        .map(|i| json!({"fields": {"phone": format!("+1415555{i:04}")}}))
+        .collect();
+    for (table, records) in [("customers", customers), ("leads", leads)] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/vaults/payments/tables/{table}/records"),
+                json!({"records": records}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let db = app.db().await;
+    let walked = || async {
+        db.query_one(
+            "SELECT reencrypted_version FROM vaults WHERE name = 'payments'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<i32>>(0)
+    };
+    let old_values = || async {
+        db.query_one(
+            "SELECT count(*) FROM record_values WHERE key_version = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(walked().await, Some(1));
+
+    // Another transaction holds the two values of one customer in the middle of the walk.
+    let held: uuid::Uuid = db
+        .query_one("SELECT id FROM records ORDER BY id OFFSET 300 LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let holder = app.db().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let locked = holder
+        .execute(
+            "SELECT 1 FROM record_values WHERE record_id = $1 FOR UPDATE",
+            &[&held],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked, 2);
+    let (status, body) = app.post("/v1/vaults/payments/keys/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut rest_done = false;
+    for _ in 0..200 {
+        if old_values().await == 2 {
+            rest_done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rest_done, "the values nobody holds were not re-encrypted");
+    // Walks go on finding the held values; none of them may call the work done.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, body) = app.get("/v1/vaults/payments/keys").await;
+    assert_eq!(body["reencryption_done"], false, "{body}");
+    assert_eq!(body["reencryption_pending"], 2, "{body}");
+    assert_eq!(walked().await, Some(1));
+
+    // Stopped (its pool closed, the walk ends), then the values are released.
+    app.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        old_values().await,
+        2,
+        "a stopped server went on re-encrypting"
+    );
+
+    let app = TestApp::start(
+        test_settings(strongroom_tests::temp_dir("strongroom-test-data")),
+        app.db_name.clone(),
+        app.db.clone(),
+        app.data_dir.clone(),
+    )
+    .await;
+    let mut done = false;
+    for _ in 0..200 {
+        let (_, body) = app.get("/v1/vaults/payments/keys").await;
+        if body["reencryption_done"] == true {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(done, "re-encryption did not resume after the restart");
+    assert_eq!(old_values().await, 0);
+    for _ in 0..50 {
+        if walked().await == Some(2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(walked().await, Some(2));
+    let (status, body) = app
+        .get(&format!(
+            "/v1/vaults/payments/tables/customers/records/{held}?redaction=plain"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["ssn"], "123-45-6789");
+}
+
 #[tokio::test]
 async fn master_key_rotation_survives_restarts() {
     let mut app = TestApp::spawn().await;

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "opaque_tokens",
         include_str!("../../../migrations/0006_opaque_tokens.sql"),
     ),
+    (
+        7,
+        "rotation_walk",
+        include_str!("../../../migrations/0007_rotation_walk.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

@@ -126,11 +126,14 @@ impl VaultService {
     pub async fn keys(&self, vault: &str) -> Result<KeysReport, VaultError> {
         let v = self.load(vault).await?;
         let client = self.pool.get().await?;
+        // One pass over the vault's values (there is no key-version index: migration 0007).
         let rows = client
             .query(
-                "SELECT k.version, k.created_at, k.master_key_id,
-                        (SELECT count(*) FROM record_values rv WHERE rv.vault_id = k.vault_id AND rv.key_version = k.version)
-                 FROM vault_data_keys k WHERE k.vault_id = $1 ORDER BY k.version",
+                "SELECT k.version, k.created_at, k.master_key_id, coalesce(c.n, 0)
+                 FROM vault_data_keys k
+                 LEFT JOIN (SELECT key_version, count(*) AS n FROM record_values WHERE vault_id = $1
+                            GROUP BY key_version) c ON c.key_version = k.version
+                 WHERE k.vault_id = $1 ORDER BY k.version",
                 &[&v.id],
             )
             .await?;

@@ -1,21 +1,25 @@
 //! Background re-encryption after a data-key rotation.
 //!
-//! One task per vault walks the values sealed under older key versions in small batches
-//! (`FOR UPDATE SKIP LOCKED`, so it never blocks writers for long) and re-seals them under the
-//! active version. Progress is visible in `GET /v1/vaults/{vault}/keys`. After a restart the
-//! server resumes unfinished work.
+//! One task per vault walks its tables in record-id order, in small batches, and re-seals the
+//! values sealed under older key versions under the active one (`FOR UPDATE SKIP LOCKED`, so it
+//! never blocks writers for long). It walks again until a walk finds no older value, then
+//! records that in `vaults.reencrypted_version`. Progress is visible in
+//! `GET /v1/vaults/{vault}/keys`. After a restart the server resumes the vaults whose walk did
+//! not finish.
 
-use super::VaultError;
 use super::keys::value_aad;
 use super::records::open_value;
 use super::store::load_vault;
+use super::{LoadedVault, VaultError};
 use crate::crypto::{MasterKeyRing, seal};
 use deadpool_postgres::Pool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use uuid::Uuid;
 
-const BATCH: i64 = 500;
+/// Records per batch (each holds at most one value per column).
+const BATCH: i64 = 200;
 
 #[derive(Clone)]
 pub(super) struct Worker {
@@ -49,6 +53,11 @@ impl Worker {
             if let Ok(mut r) = me.running.lock() {
                 r.remove(&vault);
             }
+            // A rotation that came after the last walk but before the line above found this
+            // task still running, so it did not start another: check once more.
+            if result.is_ok() {
+                me.resume(Some(vault));
+            }
             match result {
                 Ok(n) => tracing::info!(vault = %vault, reencrypted = n, "re-encryption finished"),
                 Err(e) => {
@@ -58,8 +67,14 @@ impl Worker {
         });
     }
 
-    /// Resumes every vault with values under an old key version.
+    /// Resumes every vault whose last complete walk was under an older key version (or never
+    /// ran: vaults from before migration 0007).
     pub fn resume_all(&self) {
+        self.resume(None);
+    }
+
+    /// Starts a walk for each vault (`only` that one, if given) that needs one.
+    fn resume(&self, only: Option<Uuid>) {
         let me = self.clone();
         tokio::spawn(async move {
             let Ok(client) = me.pool.get().await else {
@@ -67,9 +82,9 @@ impl Worker {
             };
             let Ok(rows) = client
                 .query(
-                    "SELECT v.id FROM vaults v WHERE EXISTS
-                     (SELECT 1 FROM record_values rv WHERE rv.vault_id = v.id AND rv.key_version < v.active_key_version)",
-                    &[],
+                    "SELECT id FROM vaults WHERE reencrypted_version IS DISTINCT FROM active_key_version
+                     AND ($1::uuid IS NULL OR id = $1)",
+                    &[&only],
                 )
                 .await
             else {
@@ -81,63 +96,162 @@ impl Worker {
         });
     }
 
+    /// A pool connection; a pool busy with requests makes this background job wait, not stop.
+    async fn client(&self) -> Result<deadpool_postgres::Object, VaultError> {
+        loop {
+            match self.pool.get().await {
+                Ok(c) => return Ok(c),
+                Err(deadpool_postgres::PoolError::Timeout(_)) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The vault as it is now, or `None` once it is deleted.
+    async fn load(
+        &self,
+        client: &deadpool_postgres::Object,
+        vault: Uuid,
+    ) -> Result<Option<LoadedVault>, VaultError> {
+        let Some(row) = client
+            .query_opt("SELECT name FROM vaults WHERE id = $1", &[&vault])
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(load_vault(client, &self.ring, row.get(0)).await?))
+    }
+
+    /// Walks every table of `vault` in record-id order, re-sealing values under older key
+    /// versions, until a walk finds none; then records the version in
+    /// `vaults.reencrypted_version`. A walk that began before another rotation does not count.
     async fn run(&self, vault: Uuid) -> Result<u64, VaultError> {
         let mut total = 0u64;
         loop {
-            // A pool busy with requests makes this background job wait, not stop.
-            let mut client = match self.pool.get().await {
-                Ok(c) => c,
-                Err(deadpool_postgres::PoolError::Timeout(_)) => {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(name) = client
-                .query_opt("SELECT name FROM vaults WHERE id = $1", &[&vault])
-                .await?
-                .map(|r| r.get::<_, String>(0))
-            else {
+            let client = self.client().await?;
+            let Some(v) = self.load(&client, vault).await? else {
                 return Ok(total); // vault deleted
             };
-            let v = load_vault(&client, &self.ring, &name).await?;
-            let (version, key) = v.keys.active();
-            let tx = client.transaction().await?;
-            let rows = tx
-                .query(
-                    "SELECT rv.record_id, rv.column_id, rv.key_version, rv.sealed, r.table_id
-                     FROM record_values rv JOIN records r ON r.id = rv.record_id
-                     WHERE rv.vault_id = $1 AND rv.key_version < $2
-                     LIMIT $3 FOR UPDATE OF rv SKIP LOCKED",
-                    &[&vault, &version, &BATCH],
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(total);
+            drop(client);
+            let walk_version = v.keys.active_version;
+            let (mut seen, mut resealed) = (0u64, 0u64);
+            for table in v.tables.iter().map(|t| t.id) {
+                let mut after = Uuid::nil();
+                loop {
+                    let mut client = self.client().await?;
+                    let Some(v) = self.load(&client, vault).await? else {
+                        return Ok(total);
+                    };
+                    let Some(batch) = self.batch(&mut client, &v, &table, after).await? else {
+                        break; // end of the table
+                    };
+                    after = batch.last;
+                    seen += batch.old;
+                    resealed += batch.resealed;
+                    total += batch.resealed;
+                }
             }
-            let (mut rids, mut cids, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
-            for row in &rows {
-                let (record, column, table): (Uuid, Uuid, Uuid) =
-                    (row.get(0), row.get(1), row.get(4));
-                let plain = open_value(&v, &table, &column, &record, row.get(2), row.get(3))?;
-                sealed.push(seal(
-                    key,
-                    plain.as_bytes(),
-                    &value_aad(&v.id, &table, &column, &record, version),
-                ));
-                rids.push(record);
-                cids.push(column);
+            tracing::debug!(vault = %vault, reencrypted = total, "re-encryption walk finished");
+            if seen == 0 {
+                let client = self.client().await?;
+                let marked = client
+                    .execute(
+                        "UPDATE vaults SET reencrypted_version = $2 WHERE id = $1 AND active_key_version = $2",
+                        &[&vault, &walk_version],
+                    )
+                    .await?;
+                if marked == 1 {
+                    return Ok(total);
+                }
+                // Rotated again during the walk (or deleted: the next load says so).
+            } else if resealed == 0 {
+                // Every old value was locked by a writer (which re-seals it under the active
+                // version) or by a transaction that may roll back: look again shortly.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tx.execute(
-                "UPDATE record_values rv SET sealed = x.s, key_version = $4
-                 FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS x(r, c, s)
-                 WHERE rv.record_id = x.r AND rv.column_id = x.c",
-                &[&rids, &cids, &sealed, &version],
-            )
-            .await?;
-            tx.commit().await?;
-            total += rows.len() as u64;
-            tracing::debug!(vault = %vault, reencrypted = total, "re-encryption progress");
         }
     }
+
+    /// Re-seals the older values of the next `BATCH` records of `table` after `after`. `None`
+    /// at the end of the table.
+    async fn batch(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        v: &LoadedVault,
+        table: &Uuid,
+        after: Uuid,
+    ) -> Result<Option<Batch>, VaultError> {
+        let (version, key) = v.keys.active();
+        let tx = client.transaction().await?;
+        let ids: Vec<Uuid> = tx
+            .query(
+                "SELECT id FROM records WHERE table_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                &[table, &after, &BATCH],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let Some(&last) = ids.last() else {
+            return Ok(None);
+        };
+        let old: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM record_values WHERE record_id = ANY($1) AND key_version < $2",
+                &[&ids, &version],
+            )
+            .await?
+            .get(0);
+        if old == 0 {
+            return Ok(Some(Batch {
+                last,
+                old: 0,
+                resealed: 0,
+            }));
+        }
+        // SKIP LOCKED: a value a writer holds is re-sealed by that writer, or seen by the next walk.
+        let rows = tx
+            .query(
+                "SELECT record_id, column_id, key_version, sealed FROM record_values
+                 WHERE record_id = ANY($1) AND key_version < $2 FOR UPDATE SKIP LOCKED",
+                &[&ids, &version],
+            )
+            .await?;
+        let (mut rids, mut cids, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
+        for row in &rows {
+            let (record, column): (Uuid, Uuid) = (row.get(0), row.get(1));
+            let plain = open_value(v, table, &column, &record, row.get(2), row.get(3))?;
+            sealed.push(seal(
+                key,
+                plain.as_bytes(),
+                &value_aad(&v.id, table, &column, &record, version),
+            ));
+            rids.push(record);
+            cids.push(column);
+        }
+        tx.execute(
+            "UPDATE record_values rv SET sealed = x.s, key_version = $4
+             FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) AS x(r, c, s)
+             WHERE rv.record_id = x.r AND rv.column_id = x.c",
+            &[&rids, &cids, &sealed, &version],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::debug!(vault = %v.id, resealed = rows.len(), "re-encryption progress");
+        Ok(Some(Batch {
+            last,
+            old: old as u64,
+            resealed: rows.len() as u64,
+        }))
+    }
+}
+
+/// One batch of a walk: the last record id it covered, the values it found under older
+/// versions, and how many of them it re-sealed.
+struct Batch {
+    last: Uuid,
+    old: u64,
+    resealed: u64,
 }

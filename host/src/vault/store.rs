@@ -243,8 +243,8 @@ impl VaultService {
         let tx = client.transaction().await?;
         let created = tx
             .execute(
-                "INSERT INTO vaults (id, name, index_key_wrapped, index_key_master_id, active_key_version)
-                 VALUES ($1, $2, $3, $4, 1)",
+                "INSERT INTO vaults (id, name, index_key_wrapped, index_key_master_id, active_key_version, reencrypted_version)
+                 VALUES ($1, $2, $3, $4, 1, 1)",
                 &[&id, &new.name, &index_wrapped, &index_mid],
             )
             .await;
