@@ -474,14 +474,10 @@ impl VaultService {
             )
             .await
         } else {
-            let sink = tx
-                .copy_in(
-                    "COPY record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
-                     FROM STDIN (FORMAT binary)",
-                )
-                .await?;
-            let writer = BinaryCopyInWriter::new(
-                sink,
+            copy_rows(
+                tx,
+                "COPY record_values (record_id, column_id, vault_id, key_version, sealed, token_hash, blind_index, unique_key)
+                 FROM STDIN (FORMAT binary)",
                 &[
                     Type::UUID,
                     Type::UUID,
@@ -492,9 +488,6 @@ impl VaultService {
                     Type::BYTEA,
                     Type::BYTEA,
                 ],
-            );
-            copy_rows(
-                writer,
                 (0..n).map(|i| {
                     [
                         &rids[i] as &(dyn ToSql + Sync),
@@ -594,12 +587,10 @@ impl VaultService {
         self.check_unique(&tx, v, values, None).await?;
         self.allocate_tokens(&tx, v, values).await?;
         if consents.iter().all(Vec::is_empty) {
-            let sink = tx
-                .copy_in("COPY records (id, vault_id, table_id) FROM STDIN (FORMAT binary)")
-                .await?;
-            let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::UUID, Type::UUID]);
             copy_rows(
-                writer,
+                &tx,
+                "COPY records (id, vault_id, table_id) FROM STDIN (FORMAT binary)",
+                &[Type::UUID, Type::UUID, Type::UUID],
                 ids.iter()
                     .map(|id| [id as &(dyn ToSql + Sync), &v.id, &t.id]),
             )
@@ -1266,12 +1257,15 @@ fn new_record_ids(n: usize) -> Vec<Uuid> {
         .collect()
 }
 
-/// Streams `rows` into a binary `COPY` and finishes it.
+/// Streams `rows` (of `types`) into the binary `COPY … FROM STDIN` `statement` and finishes it.
 async fn copy_rows<'a, const N: usize>(
-    writer: BinaryCopyInWriter,
+    tx: &deadpool_postgres::Transaction<'_>,
+    statement: &str,
+    types: &[Type; N],
     rows: impl Iterator<Item = [&'a (dyn ToSql + Sync); N]>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let mut writer = std::pin::pin!(writer);
+    let sink = tx.copy_in(statement).await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, types));
     for row in rows {
         writer.as_mut().write(&row).await?;
     }
