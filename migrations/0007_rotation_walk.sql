@@ -1,6 +1,6 @@
 -- Re-encryption walks a vault's tables in record-id order instead of looking values up by key
 -- version, so the key-version index goes: it cost five index entries per record on every
--- insert, about a tenth of bulk insert's time (BENCHMARKS.md, session 7).
+-- insert, a tenth to a fifth of bulk insert's time (BENCHMARKS.md, session 7).
 --
 --   * `records_table` becomes (table_id, id): the walk's order, and still the table's index;
 --   * `vaults.reencrypted_version` is the key version the last complete walk found every value
