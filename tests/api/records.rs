@@ -114,6 +114,45 @@ async fn unique_columns_are_enforced_without_plaintext() {
     assert_eq!(app.count("records").await, 1);
 }
 
+/// Concurrent batches holding the same unique value: the unique index decides between those
+/// that pass the pre-check together. Exactly one wins; every other one gets 409 and leaves
+/// nothing behind.
+#[tokio::test]
+async fn concurrent_inserts_of_a_unique_value_conflict_cleanly() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let attempt = |i: usize| {
+        let mut records: Vec<Value> = (0..50)
+            .map(|j| json!({"fields": {"email": format!("batch{i}-{j}@example.com")}}))
+            .collect();
+        records.push(json!({"fields": {"email": "race@example.com", "name": "Racer"}}));
+        app.post(RECORDS, json!({ "records": records }))
+    };
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        attempt(0),
+        attempt(1),
+        attempt(2),
+        attempt(3),
+        attempt(4),
+        attempt(5),
+        attempt(6),
+        attempt(7)
+    );
+    let results = [a, b, c, d, e, f, g, h];
+    let mut won = 0;
+    for (status, body) in &results {
+        if *status == StatusCode::CREATED {
+            won += 1;
+        } else {
+            assert_error(*status, body, StatusCode::CONFLICT, "conflict");
+            assert!(!body.to_string().contains("race@example.com"), "{body}");
+        }
+    }
+    assert_eq!(won, 1, "{results:?}");
+    assert_eq!(app.count("records").await, 51);
+    assert_eq!(app.count("record_values").await, 52);
+}
+
 #[tokio::test]
 async fn lookup_by_value() {
     let app = TestApp::spawn().await;
