@@ -28,6 +28,10 @@ pub struct Settings {
     /// to open, before it is answered 503 `unavailable` (`STRONGROOM_DB_WAIT_TIMEOUT_MS`,
     /// default 10000).
     pub db_wait_timeout_ms: usize,
+    /// How long one database statement may run, lock waits included, before PostgreSQL cancels
+    /// it and the request is answered 503 `unavailable` (`STRONGROOM_STATEMENT_TIMEOUT_MS`,
+    /// default 30000). Migrations and the deletes of a vault's data are not limited.
+    pub statement_timeout_ms: usize,
     /// How long a request waits for its audit event to be stored before it is answered 503
     /// instead (`STRONGROOM_AUDIT_TIMEOUT_MS`, default 5000). A request is never answered
     /// unaudited; this bounds how long a stalled database holds every request.
@@ -74,6 +78,7 @@ const KEYS: &[&str] = &[
     "db_pool_size",
     "audit_timeout_ms",
     "db_wait_timeout_ms",
+    "statement_timeout_ms",
     "allow_plaintext_cards",
     "egress_allow_networks",
     "egress_allow_http_hosts",
@@ -83,6 +88,11 @@ impl Settings {
     /// `db_wait_timeout_ms` as a duration.
     pub fn db_wait_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.db_wait_timeout_ms as u64)
+    }
+
+    /// `statement_timeout_ms` as a duration.
+    pub fn statement_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.statement_timeout_ms as u64)
     }
 
     /// `audit_timeout_ms` as a duration.
@@ -138,6 +148,11 @@ impl Settings {
                 get("db_wait_timeout_ms")?,
                 "STRONGROOM_DB_WAIT_TIMEOUT_MS",
                 10_000,
+            )?,
+            statement_timeout_ms: number(
+                get("statement_timeout_ms")?,
+                "STRONGROOM_STATEMENT_TIMEOUT_MS",
+                30_000,
             )?,
             audit_timeout_ms: number(
                 get("audit_timeout_ms")?,
@@ -205,6 +220,7 @@ mod tests {
         assert!(s.database_url.is_none() && s.master_keys.is_none() && s.admin_key.is_none());
         assert_eq!(s.audit_timeout_ms, 5000);
         assert_eq!(s.db_wait_timeout_ms, 10_000);
+        assert_eq!(s.statement_timeout_ms, 30_000);
     }
 
     #[test]
@@ -220,6 +236,12 @@ mod tests {
         assert_eq!(s.audit_timeout_ms, 250);
         assert_eq!(s.audit_timeout(), std::time::Duration::from_millis(250));
         assert!(settings(&[("STRONGROOM_AUDIT_TIMEOUT_MS", "0")]).is_err());
+        let s = settings(&[("STRONGROOM_STATEMENT_TIMEOUT_MS", "1500")]).unwrap();
+        assert_eq!(
+            s.statement_timeout(),
+            std::time::Duration::from_millis(1500)
+        );
+        assert!(settings(&[("STRONGROOM_STATEMENT_TIMEOUT_MS", "0")]).is_err());
         assert!(matches!(
             settings(&[("STRONGROOM_LISTEN", "nope")]),
             Err(ConfigError::Listen)

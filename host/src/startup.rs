@@ -63,7 +63,12 @@ impl Application {
                 config
             }
         };
-        let pool = crate::db::pool(db_config, settings.db_pool_size, settings.db_wait_timeout())?;
+        let pool = crate::db::pool(
+            db_config,
+            settings.db_pool_size,
+            settings.db_wait_timeout(),
+            settings.statement_timeout(),
+        )?;
         crate::db::migrate(&pool).await.context(
             "could not prepare the database (is it reachable, and may this user create tables?)",
         )?;

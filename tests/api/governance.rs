@@ -759,3 +759,61 @@ async fn a_stalled_database_is_answered_503_in_bounded_time() {
     let (status, body) = app.get("/v1/vaults").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A statement that waits too long, here for a row another transaction holds, is cancelled
+/// after `statement_timeout_ms`: the request is answered 503 without having changed anything,
+/// and its connection serves the next request.
+#[tokio::test]
+async fn a_stalled_statement_is_cancelled_and_answered_503() {
+    let app = TestApp::spawn_with(|s| {
+        s.db_pool_size = 1;
+        s.statement_timeout_ms = 400;
+    })
+    .await;
+    app.payments_vault().await;
+    let recs = insert(&app, json!([customer("held@example.com", "CA")])).await;
+    let id = recs[0]["id"].as_str().unwrap();
+    let db = app.db().await;
+    db.batch_execute("BEGIN").await.unwrap();
+    db.execute(
+        "SELECT 1 FROM records WHERE id = $1::text::uuid FOR UPDATE",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.patch(
+            &format!("{RECORDS}/{id}"),
+            json!({"fields": {"email": "changed@example.com"}}),
+        ),
+    )
+    .await
+    .expect("no answer within 10 s: the statement was not cancelled");
+    let waited = started.elapsed();
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(!body.to_string().contains("changed@example.com"), "{body}");
+    assert!(
+        waited >= std::time::Duration::from_millis(350)
+            && waited < std::time::Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    // The pool's one connection is free again while the row is still held.
+    let (status, body) = app.get(&format!("{RECORDS}/{id}?redaction=plain")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["email"], "held@example.com");
+    db.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = app
+        .patch(
+            &format!("{RECORDS}/{id}"),
+            json!({"fields": {"email": "changed@example.com"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -141,6 +141,7 @@ pub async fn fresh_database() -> (String, tokio_postgres::Config) {
                 cluster.pg.config_for("sr_template"),
                 1,
                 std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(60),
             )
             .expect("pool");
             strongroom::db::migrate(&pool)

@@ -135,6 +135,14 @@ impl From<VaultError> for ApiError {
                     "the database is unavailable; try again",
                 )
             }
+            VaultError::Db(crate::db::DbError::Postgres(e)) if crate::db::timed_out(&e) => {
+                tracing::error!(request_id = %request_id(), "a database statement timed out");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database did not answer in time; try again",
+                )
+            }
             VaultError::Db(crate::db::DbError::Postgres(e))
                 if e.is_closed() || e.as_db_error().is_none() =>
             {

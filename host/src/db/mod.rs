@@ -60,7 +60,10 @@ pub enum DbError {
 
 /// A pool over `config` with `size` connections. Waiting for a free connection, and opening
 /// a new one, each give up after `wait` (`PoolError::Timeout`, answered 503): a database that
-/// hangs, or a pool held by slow requests, does not hold every request forever.
+/// hangs, or a pool held by slow requests, does not hold every request forever. Once it has
+/// its connection, one statement may run for `statement` (PostgreSQL's `statement_timeout`,
+/// lock waits included; answered 503 too, see [`timed_out`]). Work that may rightly take
+/// longer lifts it for its own transaction with [`UNLIMITED`].
 ///
 /// Statements are prepared once per connection (`prepare_cached`) and planned generically:
 /// every hot query is written as index probes (`unnest` + `LATERAL`), so a generic plan is as
@@ -69,10 +72,15 @@ pub fn pool(
     mut config: tokio_postgres::Config,
     size: usize,
     wait: std::time::Duration,
+    statement: std::time::Duration,
 ) -> Result<Pool, DbError> {
+    let ours = format!(
+        "-c plan_cache_mode=force_generic_plan -c statement_timeout={}",
+        statement.as_millis()
+    );
     let options = match config.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} -c plan_cache_mode=force_generic_plan"),
-        _ => "-c plan_cache_mode=force_generic_plan".to_string(),
+        Some(o) if !o.is_empty() => format!("{o} {ours}"),
+        _ => ours,
     };
     config.options(&options);
     let manager = Manager::from_config(
@@ -90,6 +98,15 @@ pub fn pool(
         .build()?)
 }
 
+/// Lifts the statement timeout for the rest of the current transaction: for work that may
+/// rightly run long (migrations, deleting a vault's data), and only after its lock waits.
+pub const UNLIMITED: &str = "SET LOCAL statement_timeout = 0";
+
+/// Whether `e` is PostgreSQL cancelling a statement that ran past the statement timeout.
+pub fn timed_out(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+}
+
 /// Applies every migration not yet applied.
 pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
     let mut client = pool.get().await?;
@@ -102,6 +119,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
         )
         .await?;
     let tx = client.transaction().await?;
+    tx.batch_execute(UNLIMITED).await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let mut applied = 0;

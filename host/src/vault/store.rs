@@ -314,6 +314,8 @@ impl VaultService {
             return Err(VaultError::NotFound(format!("vault `{name}`")));
         };
         let id: Uuid = row.get(0);
+        // Waiting for the vault's writers stays bounded; deleting its data may take long.
+        tx.batch_execute(crate::db::UNLIMITED).await?;
         // The records, and with them their values and the grants' references to them (a
         // grant's records in other vaults stay): one statement, one set of record ids.
         tx.execute(
