@@ -510,3 +510,51 @@ async fn the_response_hook_cannot_reveal_anything() {
         assert!(!out.to_string().contains("1990-01-31"), "{out}");
     }
 }
+
+/// Function management answers 503 `unavailable`, as the rest of the API does, when a
+/// database statement times out: here a new version waits for the function's row, which
+/// another transaction holds. Once the row is free, the same upload goes through.
+#[tokio::test]
+async fn a_stalled_statement_is_answered_503() {
+    let app = TestApp::spawn_with(|s| s.statement_timeout_ms = 400).await;
+    let (status, up) = app
+        .upload_function(
+            manifest("held", json!([]), json!({})),
+            guest("hostile_trivial"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let db = app.db().await;
+    db.batch_execute("BEGIN; SELECT 1 FROM functions WHERE name = 'held' FOR UPDATE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, body) = app
+        .upload_function(
+            manifest("held", json!([]), json!({})),
+            guest("date_split"),
+            Some("held"),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    db.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = app
+        .upload_function(
+            manifest("held", json!([]), json!({})),
+            guest("date_split"),
+            Some("held"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -143,9 +143,7 @@ impl From<VaultError> for ApiError {
                     "the database did not answer in time; try again",
                 )
             }
-            VaultError::Db(crate::db::DbError::Postgres(e))
-                if e.is_closed() || e.as_db_error().is_none() =>
-            {
+            VaultError::Db(crate::db::DbError::Postgres(e)) if crate::db::connection_lost(&e) => {
                 tracing::error!(request_id = %request_id(), error = %e, "database connection failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -107,6 +107,11 @@ pub fn timed_out(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
+/// Whether `e` is the connection failing rather than PostgreSQL refusing a statement.
+pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_none()
+}
+
 /// Applies every migration not yet applied.
 pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
     let mut client = pool.get().await?;
