@@ -529,14 +529,15 @@ async fn a_stalled_statement_is_answered_503() {
     db.batch_execute("BEGIN; SELECT 1 FROM functions WHERE name = 'held' FOR UPDATE")
         .await
         .unwrap();
-    let started = Instant::now();
-    let (status, body) = app
-        .upload_function(
+    let new_version = || {
+        app.upload_function(
             manifest("held", json!([]), json!({})),
             guest("date_split"),
             Some("held"),
         )
-        .await;
+    };
+    let started = Instant::now();
+    let (status, body) = new_version().await;
     assert_error(
         status,
         &body,
@@ -549,12 +550,6 @@ async fn a_stalled_statement_is_answered_503() {
         started.elapsed()
     );
     db.batch_execute("COMMIT").await.unwrap();
-    let (status, body) = app
-        .upload_function(
-            manifest("held", json!([]), json!({})),
-            guest("date_split"),
-            Some("held"),
-        )
-        .await;
+    let (status, body) = new_version().await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
