@@ -34,14 +34,7 @@ impl From<FunctionsError> for ApiError {
             FunctionsError::Invalid(m) => ApiError::invalid(m),
             FunctionsError::NotFound(what) => ApiError::not_found(&what),
             FunctionsError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            FunctionsError::Unavailable(m) => {
-                tracing::error!(request_id = %super::request_id(), error = %m, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; try again",
-                )
-            }
+            FunctionsError::Db(e) => crate::vault::VaultError::Db(e).into(),
             FunctionsError::Internal(m) => {
                 tracing::error!(request_id = %super::request_id(), error = %m, "function request failed");
                 ApiError::internal()

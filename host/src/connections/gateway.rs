@@ -215,14 +215,7 @@ impl ConnectionService {
                     "function_error",
                     format!("the route's {what} is not available"),
                 ),
-                crate::functions::FunctionsError::Unavailable(m) => {
-                    tracing::error!(error = %m, "database unavailable");
-                    ConnError::call(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "the database is unavailable; try again",
-                    )
-                }
+                crate::functions::FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
                 other => ConnError::Internal(other.to_string()),
             })?;
         audit::note(|e| e.count("function_us", t.duration_us));

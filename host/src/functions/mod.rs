@@ -133,26 +133,23 @@ pub enum FunctionsError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// The database is down, did not answer in time, or had no free connection (503).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// Answered as every database failure is (`VaultError::Db`): 503 when the database is
+    /// down, did not answer in time or had no free connection.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<tokio_postgres::Error> for FunctionsError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if crate::db::timed_out(&e) || crate::db::connection_lost(&e) {
-            FunctionsError::Unavailable(e.to_string())
-        } else {
-            FunctionsError::Internal(format!("database: {e}"))
-        }
+        FunctionsError::Db(e.into())
     }
 }
 
 impl From<deadpool_postgres::PoolError> for FunctionsError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        FunctionsError::Unavailable(e.to_string())
+        FunctionsError::Db(e.into())
     }
 }
 
