@@ -348,6 +348,149 @@ async fn tokenize_endpoint() {
     assert_eq!(err["details"][0]["index"], 0);
 }
 
+/// A plain detokenize as the admin, as a future that can run on its own task.
+fn detokenize_task(
+    app: &TestApp,
+    vault: &str,
+    tokens: Value,
+) -> impl std::future::Future<Output = (StatusCode, Value)> + Send + 'static {
+    let client = app.client.clone();
+    let url = format!("{}/v1/vaults/{vault}/detokenize", app.base);
+    async move {
+        let resp = client
+            .post(url)
+            .bearer_auth(strongroom_tests::ADMIN_KEY)
+            .json(&json!({"tokens": tokens, "redaction": "plain"}))
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status();
+        (status, resp.json().await.expect("json"))
+    }
+}
+
+/// Concurrent small detokenize requests share one database statement when they queue up
+/// together (`vault/probe.rs`). Each must still get exactly its own tokens' values, in its own
+/// order, and only from its own vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_small_detokenizes_each_get_their_own_values() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let mut clinic = strongroom_tests::payments_schema();
+    clinic["name"] = json!("clinic");
+    let (status, body) = app.post("/v1/vaults", clinic).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // name tokens of 20 people in each vault
+    let mut people: Vec<Vec<(String, String)>> = Vec::new();
+    for vault in ["payments", "clinic"] {
+        let records: Vec<Value> = (0..20)
+            .map(|i| json!({"fields": {"name": format!("{vault} person {i}")}}))
+            .collect();
+        let (status, body) = app
+            .post(
+                &format!("/v1/vaults/{vault}/tables/customers/records"),
+                json!({ "records": records }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        people.push(
+            body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let token = r["tokens"]["name"].as_str().unwrap().to_string();
+                    (token, format!("{vault} person {i}"))
+                })
+                .collect(),
+        );
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..240usize {
+        let (v, other) = (n % 2, 1 - n % 2);
+        let vault = ["payments", "clinic"][v];
+        let mine = &people[v];
+        // two of this vault's tokens (one twice), one of the other vault's, one unknown
+        let a = mine[n % 20].clone();
+        let b = mine[(n / 2 + 7) % 20].clone();
+        let foreign = people[other][n % 20].0.clone();
+        let tokens = json!([a.0, foreign, b.0, "tok_unknown", a.0]);
+        let want = json!([a.1, null, b.1, null, a.1]);
+        let call = detokenize_task(&app, vault, tokens);
+        calls.spawn(async move {
+            let (status, body) = call.await;
+            (n, status, body, want)
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = calls.join_next().await {
+        let (n, status, body, want) = done.expect("task");
+        assert_eq!(status, StatusCode::OK, "call {n}: {body}");
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 5, "call {n}: {body}");
+        for (i, (got, want)) in results.iter().zip(want.as_array().unwrap()).enumerate() {
+            if want.is_null() {
+                assert_eq!(
+                    got["error"]["code"], "not_found",
+                    "call {n} item {i}: {body}"
+                );
+            } else {
+                assert_eq!(&got["value"], want, "call {n} item {i}: {body}");
+            }
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 240);
+}
+
+/// A shared lookup statement that stalls is cancelled by the statement timeout, and every
+/// request that was waiting on it is answered 503, not 500; once the database answers again,
+/// so does detokenize.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shared_lookup_answers_every_waiting_request_503() {
+    let app = TestApp::spawn_with(|s| s.statement_timeout_ms = 400).await;
+    app.payments_vault().await;
+    let rec = insert(&app, ada()).await;
+    let token = rec["tokens"]["ssn"].as_str().unwrap().to_string();
+    let db = app.db().await;
+    db.batch_execute("BEGIN; LOCK TABLE record_values IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        calls.spawn(detokenize_task(&app, "payments", json!([token])));
+    }
+    let answers = tokio::time::timeout(std::time::Duration::from_secs(10), calls.join_all())
+        .await
+        .expect("no answers within 10 s: the statement was not cancelled");
+    let waited = started.elapsed();
+    for (status, body) in &answers {
+        assert_error(
+            *status,
+            body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        );
+        assert!(!body.to_string().contains("6789"), "{body}");
+    }
+    assert!(
+        waited >= std::time::Duration::from_millis(350)
+            && waited < std::time::Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    db.batch_execute("ROLLBACK").await.unwrap();
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [token], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["value"], "123-45-6789");
+}
+
 #[tokio::test]
 async fn detokenize_keeps_order_and_reports_unknown_tokens() {
     let app = TestApp::spawn().await;

@@ -127,30 +127,16 @@ impl From<VaultError> for ApiError {
             VaultError::Conflict { message, details } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message).with_details(details)
             }
-            VaultError::Db(crate::db::DbError::Pool(e)) => {
-                tracing::error!(request_id = %request_id(), error = %e, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; try again",
-                )
-            }
-            VaultError::Db(crate::db::DbError::Postgres(e)) if crate::db::timed_out(&e) => {
-                tracing::error!(request_id = %request_id(), "a database statement timed out");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database did not answer in time; try again",
-                )
-            }
-            VaultError::Db(crate::db::DbError::Postgres(e)) if crate::db::connection_lost(&e) => {
-                tracing::error!(request_id = %request_id(), error = %e, "database connection failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; try again",
-                )
-            }
+            VaultError::Db(e) => match e.unavailable() {
+                Some(sentence) => {
+                    tracing::error!(request_id = %request_id(), error = %e, "database unavailable");
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", sentence)
+                }
+                None => {
+                    tracing::error!(request_id = %request_id(), error = %e, "request failed");
+                    ApiError::internal()
+                }
+            },
             other => {
                 tracing::error!(request_id = %request_id(), error = %other, "request failed");
                 ApiError::internal()

@@ -56,6 +56,30 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("could not create the connection pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
+    /// A statement that served several requests failed; each of them holds the same error.
+    #[error(transparent)]
+    Shared(std::sync::Arc<DbError>),
+    /// A worker that runs statements for requests has stopped (the server is shutting down).
+    #[error("the database worker has stopped")]
+    Stopped,
+}
+
+impl DbError {
+    /// Whether the database is down, out of connections or too slow (answered 503), rather
+    /// than refusing a statement; with the sentence to answer.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        match self {
+            DbError::Pool(_) | DbError::Stopped => Some("the database is unavailable; try again"),
+            DbError::Postgres(e) if timed_out(e) => {
+                Some("the database did not answer in time; try again")
+            }
+            DbError::Postgres(e) if connection_lost(e) => {
+                Some("the database is unavailable; try again")
+            }
+            DbError::Shared(e) => e.unavailable(),
+            _ => None,
+        }
+    }
 }
 
 /// A pool over `config` with `size` connections. Waiting for a free connection, and opening

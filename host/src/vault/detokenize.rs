@@ -1,12 +1,13 @@
 //! Detokenize: tokens back to values at a redaction level, in request order.
 
 use super::access::{DataAction, Gate};
+use super::probe::Hit;
 use super::records::{open_value, render};
 use super::schema::Redaction;
 use super::{Detail, MAX_BATCH, VaultError, VaultService};
+use crate::db::DbError;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::HashMap;
 use uuid::Uuid;
 
 /// One item of a detokenize answer.
@@ -51,49 +52,44 @@ impl VaultService {
         }
         let v = self.load(vault).await?;
         let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| v.keys.hash_token(t)).collect();
-        let client = self.pool.get().await?;
-        // One index probe per token, whatever the planner's statistics say (a filter over the
-        // whole vault is what `token_hash = ANY($2)` got on fresh tables).
-        let stmt = client
-            .prepare_cached(
-                "SELECT x.h, rv.record_id, rv.column_id, rv.key_version, rv.sealed
-                 FROM unnest($2::bytea[]) AS x(h)
-                 CROSS JOIN LATERAL (SELECT record_id, column_id, key_version, sealed FROM record_values
-                                     WHERE vault_id = $1 AND token_hash = x.h LIMIT 1) rv",
-            )
-            .await?;
-        let rows = client.query(&stmt, &[&v.id, &hashes]).await?;
-        drop(client);
-        let found: HashMap<Vec<u8>, &tokio_postgres::Row> =
-            rows.iter().map(|r| (r.get(0), r)).collect();
-        let mut records: Vec<Uuid> = rows.iter().map(|r| r.get(1)).collect();
+        let hits = self
+            .prober
+            .probe(v.id, hashes)
+            .await
+            .map_err(|e| VaultError::Db(DbError::Shared(e)))?;
+        let mut records: Vec<Uuid> = hits.iter().map(|h| h.record).collect();
         records.sort_unstable();
         records.dedup();
         let mut facts = self.row_facts(&v, &records, gate, true).await?;
         // The record's table is the token's column's (also when the facts were not loaded).
-        for row in &rows {
-            if let (Some(f), Some((table, _))) = (
-                facts.get_mut(&row.get::<_, Uuid>(1)),
-                v.column_by_id(&row.get::<_, Uuid>(2)),
-            ) {
+        for hit in &hits {
+            if let (Some(f), Some((table, _))) =
+                (facts.get_mut(&hit.record), v.column_by_id(&hit.column))
+            {
                 f.table = table.id;
+            }
+        }
+        let mut found: Vec<Option<Hit>> = tokens.iter().map(|_| None).collect();
+        for hit in hits {
+            if let Some(slot) = found.get_mut(hit.index) {
+                *slot = Some(hit);
             }
         }
         let no_facts = super::access::RowFacts::default();
         let mut out = Vec::with_capacity(tokens.len());
-        for (token, hash) in tokens.into_iter().zip(hashes) {
-            let located = found.get(&hash).and_then(|row| {
-                let column_id: Uuid = row.get(2);
-                v.column_by_id(&column_id).map(|(t, c)| (row, t, c))
+        for (token, hit) in tokens.into_iter().zip(found) {
+            let located = hit.and_then(|hit| {
+                let (t, c) = v.column_by_id(&hit.column)?;
+                Some((hit, t, c))
             });
-            let Some((row, table, column)) = located else {
+            let Some((hit, table, column)) = located else {
                 out.push(DetokenizeResult::Failed {
                     token,
                     error: ItemError { code: "not_found" },
                 });
                 continue;
             };
-            let record: Uuid = row.get(1);
+            let record = hit.record;
             let row_facts = facts.get(&record).unwrap_or(&no_facts);
             let Some(level) =
                 gate.reveal(DataAction::Detokenize, &v, table, column, row_facts, level)
@@ -104,7 +100,14 @@ impl VaultService {
                 });
                 continue;
             };
-            let canonical = open_value(&v, &table.id, &column.id, &record, row.get(3), row.get(4))?;
+            let canonical = open_value(
+                &v,
+                &table.id,
+                &column.id,
+                &record,
+                hit.key_version,
+                &hit.sealed,
+            )?;
             let (value, level) = render(column, &canonical, level);
             out.push(DetokenizeResult::Found {
                 token,

@@ -7,6 +7,7 @@
 pub mod access;
 mod detokenize;
 mod keys;
+mod probe;
 mod records;
 mod rotation;
 pub mod schema;
@@ -178,12 +179,14 @@ pub struct VaultService {
     ring: Arc<MasterKeyRing>,
     cache: Arc<RwLock<HashMap<String, Arc<LoadedVault>>>>,
     rotation: rotation::Worker,
+    prober: probe::Prober,
 }
 
 impl VaultService {
     pub fn new(pool: Pool, ring: Arc<MasterKeyRing>) -> VaultService {
         VaultService {
             rotation: rotation::Worker::new(pool.clone(), ring.clone()),
+            prober: probe::Prober::start(pool.clone()),
             pool,
             ring,
             cache: Arc::default(),
