@@ -210,10 +210,17 @@ impl AuditLog {
 
     /// `GET /v1/audit`.
     pub async fn query(&self, f: &Filter) -> Result<Vec<serde_json::Value>, GovError> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let mut client = self.pool.get().await?;
+        // Planned for the filters given, not generically (the pool's default): a generic plan
+        // cannot use the principal or time index behind `$n IS NULL OR …`, and walked the
+        // whole log in `seq` order (3 million events: 640 ms for a rare principal, 0.3 ms
+        // planned for it).
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+        let rows = tx
             .query(
-                &client.prepare_cached("SELECT event FROM audit_events
+                &tx.prepare_cached("SELECT event FROM audit_events
                  WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
                    AND ($3::text IS NULL OR principal = $3) AND ($4::text IS NULL OR action = $4)
                    AND ($5::text IS NULL OR vault = $5) AND ($6::bigint IS NULL OR seq > $6)
@@ -221,6 +228,7 @@ impl AuditLog {
                 &[&f.since, &f.until, &f.principal, &f.action, &f.vault, &f.after, &f.limit],
             )
             .await?;
+        tx.commit().await?;
         Ok(rows
             .iter()
             .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
