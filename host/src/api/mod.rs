@@ -37,7 +37,7 @@ pub fn request_id() -> String {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    pub vault: VaultService,
+    pub vault: Arc<VaultService>,
     pub gov: Arc<Governance>,
     pub functions: Arc<FunctionService>,
     pub connections: Arc<ConnectionService>,
@@ -52,7 +52,7 @@ pub fn router(
     max_body_bytes: usize,
 ) -> Router {
     let state = AppState {
-        vault,
+        vault: Arc::new(vault),
         gov,
         functions,
         connections,
