@@ -10,6 +10,7 @@ use crate::governance::Governance;
 use crate::pg::ManagedPostgres;
 use crate::vault::VaultService;
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use base64::Engine;
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -189,8 +190,15 @@ impl Application {
     ) -> Result<()> {
         tracing::info!(address = %self.local_addr(), "strongroom listening");
         // Peer addresses: public inbound routes are rate-limited per client.
+        // Answers go out at once: without TCP_NODELAY, a reply written in two parts waits for
+        // the client's delayed ACK of the first.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
