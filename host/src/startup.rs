@@ -189,7 +189,6 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         tracing::info!(address = %self.local_addr(), "strongroom listening");
-        // Peer addresses: public inbound routes are rate-limited per client.
         // Answers go out at once: without TCP_NODELAY, a reply written in two parts waits for
         // the client's delayed ACK of the first.
         let listener = self.listener.tap_io(|tcp| {
@@ -197,6 +196,7 @@ impl Application {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
+        // Peer addresses: public inbound routes are rate-limited per client.
         let served = axum::serve(
             listener,
             self.router
