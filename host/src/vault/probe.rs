@@ -142,17 +142,18 @@ async fn lookup(pool: &Pool, asked: &[(Uuid, &[Vec<u8>])]) -> Result<Vec<Vec<Hit
     let rows = query(pool, &vaults, &hashes).await?;
     let mut hits: Vec<Vec<Hit>> = asked.iter().map(|_| Vec::new()).collect();
     for row in rows {
-        let position = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+        // `try_get`, not `get`: a worker that panicked would not come back.
+        let position = usize::try_from(row.try_get::<_, i64>(0)? - 1).unwrap_or(usize::MAX);
         if position >= hashes.len() {
             continue;
         }
         let k = starts.partition_point(|s| *s <= position) - 1;
         hits[k].push(Hit {
             index: position - starts[k],
-            record: row.get(1),
-            column: row.get(2),
-            key_version: row.get(3),
-            sealed: row.get(4),
+            record: row.try_get(1)?,
+            column: row.try_get(2)?,
+            key_version: row.try_get(3)?,
+            sealed: row.try_get(4)?,
         });
     }
     Ok(hits)
