@@ -127,12 +127,12 @@ pub fn pool(
 pub const UNLIMITED: &str = "SET LOCAL statement_timeout = 0";
 
 /// Whether `e` is PostgreSQL cancelling a statement that ran past the statement timeout.
-pub fn timed_out(e: &tokio_postgres::Error) -> bool {
+fn timed_out(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
 /// Whether `e` is the connection failing rather than PostgreSQL refusing a statement.
-pub fn connection_lost(e: &tokio_postgres::Error) -> bool {
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
     e.is_closed() || e.as_db_error().is_none()
 }
 
