@@ -34,8 +34,8 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{
-    ADMIN, Caller, Server, connect_pg, env_or, free_port, guests, paced, percentile, rates,
-    split_url, start_server,
+    ADMIN, Caller, CpuTimes, Server, connect_pg, env_or, free_port, guests, paced, percentile,
+    rates, split_url, start_server,
 };
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -431,6 +431,8 @@ struct Measured {
     serial: Phase,
     /// Every call made, warm-ups included.
     calls: usize,
+    /// Where the loaded phase's CPU went (`CpuTimes::per_unit_since`).
+    cpu: String,
 }
 
 async fn measure(
@@ -439,16 +441,20 @@ async fn measure(
     calls: usize,
     serial_calls: usize,
     conc: usize,
+    server: u32,
 ) -> Result<Measured> {
     let warm = (calls / 10).max(500);
     load(url, bodies, warm, conc).await?;
+    let before = CpuTimes::now(server);
     let loaded = load(url, bodies, calls, conc).await?;
+    let cpu = CpuTimes::now(server).per_unit_since(&before, calls, "call");
     load(url, bodies, 50, 1).await?;
     let serial = load(url, bodies, serial_calls, 1).await?;
     Ok(Measured {
         loaded,
         serial,
         calls: warm + calls + 50 + serial_calls,
+        cpu,
     })
 }
 
@@ -461,6 +467,7 @@ fn print_row(label: &str, m: &Measured, conc: usize) {
         m.serial.ms(0.50),
         m.serial.ms(0.99)
     );
+    println!("    {conc} callers: {}", m.cpu);
 }
 
 fn ms_diff(a: Duration, b: Duration) -> f64 {
@@ -551,6 +558,7 @@ async fn main() -> Result<()> {
         calls,
         serial_calls,
         conc,
+        server.child.id(),
     )
     .await?;
     print_row("direct to the upstream", &direct, conc);
@@ -562,6 +570,7 @@ async fn main() -> Result<()> {
                 calls,
                 serial_calls,
                 conc,
+                server.child.id(),
             )
             .await?;
             print_row("nginx proxy_pass", &m, conc);
@@ -575,6 +584,7 @@ async fn main() -> Result<()> {
         calls,
         serial_calls,
         conc,
+        server.child.id(),
     )
     .await?;
     print_row("gateway, pure proxy (no tokens, no function)", &plain, conc);
@@ -585,6 +595,7 @@ async fn main() -> Result<()> {
         calls,
         serial_calls,
         conc,
+        server.child.id(),
     )
     .await?;
     print_row("gateway, 5 detokenized fields + function", &full, conc);

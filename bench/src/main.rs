@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::{Result, bail};
-use common::{ADMIN, Caller, connect_pg, env_or, paced, percentile, rates, start_server};
+use common::{ADMIN, Caller, CpuTimes, connect_pg, env_or, paced, percentile, rates, start_server};
 use hyper::StatusCode;
 use hyper::body::Bytes;
 use rand::Rng;
@@ -114,6 +114,7 @@ async fn main() -> Result<()> {
         .pool_max_idle_per_host(64)
         .build()?;
     let base = server.base.clone();
+    let pid = server.child.id();
     post(
         &client,
         &format!("{base}/v1/vaults"),
@@ -133,6 +134,7 @@ async fn main() -> Result<()> {
     let bodies = Arc::new(bodies);
     let url = format!("{base}/v1/vaults/bench/tables/customers/records");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu = CpuTimes::now(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -160,6 +162,7 @@ async fn main() -> Result<()> {
     }
     let insert_secs = started.elapsed().as_secs_f64();
     let insert_rate = (batches * 1000) as f64 / insert_secs;
+    let insert_cpu = CpuTimes::now(pid).per_unit_since(&cpu, batches * 1000, "record");
 
     // Baseline: the same rows, plain, straight into the same PostgreSQL, same batches and concurrency.
     let setup = connect_pg(&server.dir).await?;
@@ -167,6 +170,7 @@ async fn main() -> Result<()> {
         .batch_execute("CREATE TABLE bench_plain (id uuid PRIMARY KEY, name text, email text, card text, ssn text, dob text, created_at timestamptz DEFAULT now())")
         .await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu = CpuTimes::now(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -192,6 +196,7 @@ async fn main() -> Result<()> {
         t.await??;
     }
     let plain_rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
+    let plain_cpu = CpuTimes::now(pid).per_unit_since(&cpu, batches * 1000, "row");
     if std::env::var("BENCH_EXPLAIN").is_ok() {
         explain(&setup).await?;
     }
@@ -213,6 +218,7 @@ async fn main() -> Result<()> {
     let n_tokens: usize = chunks.iter().map(Vec::len).sum();
     let chunks = Arc::new(chunks);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu = CpuTimes::now(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -241,6 +247,7 @@ async fn main() -> Result<()> {
         t.await??;
     }
     let det_rate = n_tokens as f64 / started.elapsed().as_secs_f64();
+    let det_cpu = CpuTimes::now(pid).per_unit_since(&cpu, n_tokens, "token");
 
     // Single-token detokenize, 32 concurrent clients: a warm-up round (each pool connection
     // prepares its statements), then the measured round.
@@ -281,6 +288,7 @@ async fn main() -> Result<()> {
     for t in single_round(callers, 50) {
         warm.push(t.await??.0);
     }
+    let cpu = CpuTimes::now(pid);
     let started = Instant::now();
     let (mut lat, mut callers) = (Vec::new(), Vec::new());
     for t in single_round(warm, per_client) {
@@ -289,6 +297,7 @@ async fn main() -> Result<()> {
         lat.extend(l);
     }
     let single_rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    let single_cpu = CpuTimes::now(pid).per_unit_since(&cpu, lat.len(), "request");
     lat.sort();
 
     // The same requests open-loop: the 32 clients together offer a fixed rate (`common::paced`).
@@ -316,7 +325,9 @@ async fn main() -> Result<()> {
     println!(
         "bulk insert (5 columns, batches of 1000):   {insert_rate:>10.0} records/s   (goal >= 20000)"
     );
+    println!("    {insert_cpu}");
     println!("plain PostgreSQL insert, same rows/batches:  {plain_rate:>10.0} rows/s");
+    println!("    {plain_cpu}");
     println!(
         "ratio vault / plain:                         {:>10.2}        (goal >= 0.5)",
         insert_rate / plain_rate
@@ -324,12 +335,14 @@ async fn main() -> Result<()> {
     println!(
         "detokenize (batches of 1000, plain):         {det_rate:>10.0} tokens/s    (goal >= 100000)"
     );
+    println!("    {det_cpu}");
     println!(
         "single-token detokenize, 32 clients:        p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({single_rate:.0} req/s; goal p99 < 5 ms)",
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    println!("    {single_cpu}");
     for (rate, lat) in paced_rows {
         println!(
             "  paced, 32 clients offering {rate:>5.0} req/s:    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (goal p99 < 5 ms)",
