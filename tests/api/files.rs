@@ -283,3 +283,77 @@ async fn bad_files_and_file_schemas_are_refused() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn detokenize_opens_a_repeated_file_once_and_refuses_answers_past_its_size_limit() {
+    let app = TestApp::spawn().await;
+    legal_vault(&app).await;
+    // 1 MiB that is not text: about 1.4 MB sealed (base64 inside the sealed JSON).
+    let content: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let (status, body) = app
+        .post(
+            RECORDS,
+            json!({"records": [{"fields": {"signer": "Ada Lovelace", "pdf": file("big.bin", "application/octet-stream", &content)}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["records"][0]["tokens"]["pdf"].clone();
+    let signer = body["records"][0]["tokens"]["signer"].clone();
+    let detokenize = |key: &str, tokens: Vec<Value>| {
+        let (key, app) = (key.to_string(), &app);
+        async move {
+            app.call_as(
+                Some(&key),
+                Method::POST,
+                "/v1/vaults/legal/detokenize",
+                Some(json!({"tokens": tokens, "redaction": "plain"})),
+            )
+            .await
+        }
+    };
+    // The same file three times, between other tokens: each position answered, in order.
+    let (status, body) = detokenize(
+        ADMIN_KEY,
+        vec![
+            token.clone(),
+            signer.clone(),
+            token.clone(),
+            json!("tok_unknown"),
+            token.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for i in [0, 2, 4] {
+        assert_eq!(results[i]["token"], token);
+        assert_eq!(
+            results[i]["value"]["content_base64"],
+            STANDARD.encode(&content)
+        );
+    }
+    assert_eq!(results[1]["value"], "Ada Lovelace");
+    assert_eq!(results[3]["error"]["code"], "not_found");
+    // Forty copies would make an answer of about 56 MB: refused, before the file is read.
+    let (status, body) = detokenize(ADMIN_KEY, vec![token.clone(); 40]).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // A caller who may see none of it gets its answer at once, item by item.
+    let nobody = app.service_account("nobody", &["nobody"]).await;
+    let (status, body) = detokenize(&nobody, vec![token.clone(); 1000]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1000);
+    assert!(
+        results.iter().all(|r| r["error"]["code"] == "forbidden"),
+        "{}",
+        results[0]
+    );
+}

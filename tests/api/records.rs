@@ -535,3 +535,20 @@ async fn detokenize_keeps_order_and_reports_unknown_tokens() {
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
+
+#[tokio::test]
+async fn errors_list_at_most_a_hundred_details() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let fields: serde_json::Map<String, Value> = (0..150)
+        .map(|i| (format!("no_such_column_{i}"), json!("x")))
+        .collect();
+    let (status, body) = app
+        .post(RECORDS, json!({"records": [{"fields": fields}]}))
+        .await;
+    let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let details = error["details"].as_array().unwrap();
+    assert_eq!(details.len(), 101, "{body}");
+    assert_eq!(details[100]["reason"], "and 50 more problems like these");
+    assert_eq!(app.count("records").await, 0);
+}

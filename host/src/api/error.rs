@@ -127,6 +127,9 @@ impl From<VaultError> for ApiError {
             VaultError::Conflict { message, details } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message).with_details(details)
             }
+            VaultError::TooLarge(message) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
             VaultError::Db(e) => match e.unavailable() {
                 Some(sentence) => {
                     tracing::error!(request_id = %request_id(), error = %e, "database unavailable");

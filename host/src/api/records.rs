@@ -5,13 +5,41 @@ use super::error::ApiError;
 use super::extract::{Json, QueryParams};
 use super::{AppState, created};
 use crate::governance::audit;
-use crate::vault::{NewRecord, Redaction};
+use crate::vault::{MAX_BATCH, NewRecord, Redaction};
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
+
+/// A JSON array of at most [`MAX_BATCH`] items, refused as it is read: a body of up to 23 MiB
+/// holding `[{}, {}, …]` would otherwise become millions of records (over a gigabyte) before
+/// the batch limit is checked.
+fn at_most_a_batch<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_BATCH} items")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX_BATCH {
+                    return Err(serde::de::Error::invalid_length(MAX_BATCH + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +54,7 @@ pub struct RecordIn {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InsertBody {
+    #[serde(deserialize_with = "at_most_a_batch")]
     records: Vec<RecordIn>,
 }
 
@@ -33,6 +62,7 @@ pub struct InsertBody {
 #[serde(deny_unknown_fields)]
 pub struct LookupBody {
     column: String,
+    #[serde(deserialize_with = "at_most_a_batch")]
     values: Vec<Value>,
     #[serde(default)]
     redaction: Option<String>,
@@ -45,12 +75,14 @@ pub struct LookupBody {
 pub struct TokenizeBody {
     table: String,
     column: String,
+    #[serde(deserialize_with = "at_most_a_batch")]
     values: Vec<Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetokenizeBody {
+    #[serde(deserialize_with = "at_most_a_batch")]
     tokens: Vec<String>,
     #[serde(default)]
     redaction: Option<String>,

@@ -3,8 +3,9 @@
 use super::access::{DataAction, Gate};
 use super::probe::Hit;
 use super::records::{open_value, render};
+use super::schema::Column;
 use super::schema::Redaction;
-use super::{Detail, MAX_BATCH, VaultError, VaultService};
+use super::{Detail, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
 use crate::db::DbError;
 use serde::Serialize;
 use serde_json::Value;
@@ -32,7 +33,62 @@ pub struct ItemError {
     pub code: &'static str,
 }
 
+/// Most bytes of stored values one detokenize answer may carry, counting a plain value each
+/// time it is asked for (about two 16 MiB files). Beyond it the request is refused (413) before any
+/// large value is read; files are downloaded one at a time from `…/records/{id}/files/{column}`.
+pub const MAX_ANSWER_BYTES: usize = 48 << 20;
+
+type Decided<'v> = Result<(Hit, &'v Table, &'v Column, Redaction), &'static str>;
+
 impl VaultService {
+    /// Reads the values the lookup left out for their size ([`super::probe::INLINE_BYTES`]),
+    /// once the caller may see them and the answer has room for every position that asks.
+    async fn fetch_large<'v>(
+        &self,
+        v: &LoadedVault,
+        mut decided: Vec<Decided<'v>>,
+        slots: &[usize],
+    ) -> Result<Vec<Decided<'v>>, VaultError> {
+        // A plain value is copied into the answer at each position that asks for it; a masked
+        // or redacted one is short whatever its size, but is still read (and held) once.
+        let plain_copies = slots
+            .iter()
+            .filter_map(|s| decided[*s].as_ref().ok())
+            .filter(|(.., level)| *level == Redaction::Plain)
+            .map(|(hit, ..)| hit.size);
+        let read_once = decided
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|(.., level)| *level != Redaction::Plain)
+            .map(|(hit, ..)| hit.size);
+        let answer_bytes = plain_copies.chain(read_once).fold(0, usize::saturating_add);
+        let large: Vec<(Uuid, Uuid)> = decided
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|(hit, ..)| hit.sealed.is_none())
+            .map(|(hit, ..)| (hit.record, hit.column))
+            .collect();
+        if large.is_empty() {
+            return Ok(decided);
+        }
+        if answer_bytes > MAX_ANSWER_BYTES {
+            return Err(VaultError::TooLarge(format!(
+                "the values asked for exceed {} MiB in one answer; detokenize fewer tokens, or download files from `…/records/{{id}}/files/{{column}}`",
+                MAX_ANSWER_BYTES >> 20
+            )));
+        }
+        let mut values = super::probe::sealed_values(&self.pool, v.id, &large).await?;
+        for (hit, ..) in decided.iter_mut().filter_map(|d| d.as_mut().ok()) {
+            if hit.sealed.is_none()
+                && let Some((version, sealed)) = values.remove(&(hit.record, hit.column))
+            {
+                hit.key_version = version;
+                hit.sealed = Some(sealed);
+            }
+        }
+        Ok(decided)
+    }
+
     /// `POST /v1/vaults/{vault}/detokenize`.
     pub async fn detokenize(
         &self,
@@ -51,7 +107,19 @@ impl VaultService {
             ));
         }
         let v = self.load(vault).await?;
-        let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| v.keys.hash_token(t)).collect();
+        // A token asked for more than once is looked up, decided and opened once.
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut slot_of: std::collections::HashMap<&str, usize> = Default::default();
+        let slots: Vec<usize> = tokens
+            .iter()
+            .map(|t| {
+                *slot_of.entry(t.as_str()).or_insert_with(|| {
+                    distinct.push(t.as_str());
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let hashes: Vec<Vec<u8>> = distinct.iter().map(|t| v.keys.hash_token(t)).collect();
         let hits = self
             .prober
             .probe(v.id, hashes)
@@ -69,52 +137,63 @@ impl VaultService {
                 f.table = table.id;
             }
         }
-        let mut found: Vec<Option<Hit>> = tokens.iter().map(|_| None).collect();
+        let mut found: Vec<Option<Hit>> = distinct.iter().map(|_| None).collect();
         for hit in hits {
             if let Some(slot) = found.get_mut(hit.index) {
                 *slot = Some(hit);
             }
         }
+        // Each distinct token: where it lives and the level its caller may see, or its error.
         let no_facts = super::access::RowFacts::default();
+        let decided: Vec<Result<(Hit, &Table, &Column, Redaction), &'static str>> = found
+            .into_iter()
+            .map(|hit| {
+                let hit = hit.ok_or("not_found")?;
+                let (table, column) = v.column_by_id(&hit.column).ok_or("not_found")?;
+                let row_facts = facts.get(&hit.record).unwrap_or(&no_facts);
+                let level = gate
+                    .reveal(DataAction::Detokenize, &v, table, column, row_facts, level)
+                    .ok_or("forbidden")?;
+                Ok((hit, table, column, level))
+            })
+            .collect();
+        let mut decided = self.fetch_large(&v, decided, &slots).await?;
+        // Each distinct value once, opened and rendered; then the answer in request order.
+        let rendered: Vec<Result<(Value, &Table, &Column, Redaction), &'static str>> = decided
+            .iter_mut()
+            .map(|d| match d {
+                Err(code) => Ok(Err(*code)),
+                Ok((hit, table, column, level)) => {
+                    let Some(sealed) = hit.sealed.take() else {
+                        return Ok(Err("not_found"));
+                    };
+                    let canonical = open_value(
+                        &v,
+                        &table.id,
+                        &column.id,
+                        &hit.record,
+                        hit.key_version,
+                        &sealed,
+                    )?;
+                    let (value, level) = render(column, &canonical, *level);
+                    Ok(Ok((value, *table, *column, level)))
+                }
+            })
+            .collect::<Result<_, VaultError>>()?;
         let mut out = Vec::with_capacity(tokens.len());
-        for (token, hit) in tokens.into_iter().zip(found) {
-            let located = hit.and_then(|hit| {
-                let (t, c) = v.column_by_id(&hit.column)?;
-                Some((hit, t, c))
-            });
-            let Some((hit, table, column)) = located else {
-                out.push(DetokenizeResult::Failed {
+        for (token, slot) in tokens.into_iter().zip(slots) {
+            out.push(match &rendered[slot] {
+                Err(code) => DetokenizeResult::Failed {
                     token,
-                    error: ItemError { code: "not_found" },
-                });
-                continue;
-            };
-            let record = hit.record;
-            let row_facts = facts.get(&record).unwrap_or(&no_facts);
-            let Some(level) =
-                gate.reveal(DataAction::Detokenize, &v, table, column, row_facts, level)
-            else {
-                out.push(DetokenizeResult::Failed {
+                    error: ItemError { code },
+                },
+                Ok((value, table, column, level)) => DetokenizeResult::Found {
                     token,
-                    error: ItemError { code: "forbidden" },
-                });
-                continue;
-            };
-            let canonical = open_value(
-                &v,
-                &table.id,
-                &column.id,
-                &record,
-                hit.key_version,
-                &hit.sealed,
-            )?;
-            let (value, level) = render(column, &canonical, level);
-            out.push(DetokenizeResult::Found {
-                token,
-                value,
-                table: table.name.clone(),
-                column: column.name.clone(),
-                redaction: level,
+                    value: value.clone(),
+                    table: table.name.clone(),
+                    column: column.name.clone(),
+                    redaction: *level,
+                },
             });
         }
         Ok(out)

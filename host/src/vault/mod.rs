@@ -31,7 +31,7 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 
 /// One problem with a request, pointing at where it is. `reason` never holds a submitted value.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Detail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<usize>,
@@ -108,10 +108,25 @@ pub enum VaultError {
     Integrity,
     #[error("could not allocate a unique token after several attempts")]
     TokenSpace,
+    /// The answer would be larger than the server sends in one response (413).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
+/// Most details one error lists; the rest are counted in a last one. A body of up to 23 MiB
+/// could otherwise be answered with a list of problems several times its size.
+pub const MAX_DETAILS: usize = 100;
+
 impl VaultError {
-    pub fn invalid(message: impl Into<String>, details: Vec<Detail>) -> VaultError {
+    pub fn invalid(message: impl Into<String>, mut details: Vec<Detail>) -> VaultError {
+        if details.len() > MAX_DETAILS {
+            let more = details.len() - MAX_DETAILS;
+            details.truncate(MAX_DETAILS);
+            details.push(Detail {
+                reason: format!("and {more} more problems like these"),
+                ..Detail::default()
+            });
+        }
         VaultError::Invalid {
             message: message.into(),
             details,

@@ -27,6 +27,12 @@ const WORKERS: usize = 2;
 /// Requests that may wait for a worker (senders wait beyond it).
 const QUEUE: usize = 4096;
 
+/// Stored values up to this size come back with their hit; larger ones (files) only report
+/// their size, and are read with [`sealed_values`] once the caller's policies allow them and
+/// the answer has room. So a request for many large values, or one large value many times,
+/// cannot make the server hold them before anything has been decided.
+pub(super) const INLINE_BYTES: usize = 64 << 10;
+
 /// One token's stored value, found by its hash.
 pub(super) struct Hit {
     /// Position of the token in the request.
@@ -34,7 +40,10 @@ pub(super) struct Hit {
     pub record: Uuid,
     pub column: Uuid,
     pub key_version: i32,
-    pub sealed: Vec<u8>,
+    /// `None` when the value is larger than [`INLINE_BYTES`].
+    pub sealed: Option<Vec<u8>>,
+    /// Size of the sealed value in bytes.
+    pub size: usize,
 }
 
 /// The error of a shared statement: every request in the batch gets the same one.
@@ -153,11 +162,24 @@ async fn lookup(pool: &Pool, asked: &[(Uuid, &[Vec<u8>])]) -> Result<Vec<Vec<Hit
             record: row.try_get(1)?,
             column: row.try_get(2)?,
             key_version: row.try_get(3)?,
-            sealed: row.try_get(4)?,
+            sealed: row
+                .try_get::<_, Option<Vec<u8>>>(4)?
+                .filter(|s| s.len() <= INLINE_BYTES),
+            size: usize::try_from(row.try_get::<_, i32>(5)?).unwrap_or(usize::MAX),
         });
     }
     Ok(hits)
 }
+
+/// One index probe per position, whatever the planner's statistics say. Values over
+/// [`INLINE_BYTES`] come back as their size alone (`octet_length` of a stored, TOASTed value
+/// reads its header, not the value).
+const LOOKUP: &str = "SELECT x.i, rv.record_id, rv.column_id, rv.key_version,
+        CASE WHEN rv.size <= 65536 THEN rv.sealed END, rv.size
+ FROM unnest($1::uuid[], $2::bytea[]) WITH ORDINALITY AS x(v, h, i)
+ CROSS JOIN LATERAL (SELECT record_id, column_id, key_version, sealed,
+                            octet_length(sealed) AS size FROM record_values
+                     WHERE vault_id = x.v AND token_hash = x.h LIMIT 1) rv";
 
 async fn query(
     pool: &Pool,
@@ -165,14 +187,40 @@ async fn query(
     hashes: &[&[u8]],
 ) -> Result<Vec<tokio_postgres::Row>, DbError> {
     let client = pool.get().await?;
-    // One index probe per position, whatever the planner's statistics say.
+    let stmt = client.prepare_cached(LOOKUP).await?;
+    Ok(client.query(&stmt, &[&vaults, &hashes]).await?)
+}
+
+/// The sealed values (and their key versions) of `(record, column)` pairs in vault `vault`,
+/// for the hits [`INLINE_BYTES`] left without one. A value deleted meanwhile is absent.
+pub(super) async fn sealed_values(
+    pool: &Pool,
+    vault: Uuid,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<std::collections::HashMap<(Uuid, Uuid), (i32, Vec<u8>)>, DbError> {
+    let (records, columns): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT x.i, rv.record_id, rv.column_id, rv.key_version, rv.sealed
-             FROM unnest($1::uuid[], $2::bytea[]) WITH ORDINALITY AS x(v, h, i)
-             CROSS JOIN LATERAL (SELECT record_id, column_id, key_version, sealed FROM record_values
-                                 WHERE vault_id = x.v AND token_hash = x.h LIMIT 1) rv",
+            "SELECT rv.record_id, rv.column_id, rv.key_version, rv.sealed
+             FROM unnest($2::uuid[], $3::uuid[]) AS x(r, c)
+             JOIN record_values rv ON rv.record_id = x.r AND rv.column_id = x.c AND rv.vault_id = $1",
         )
         .await?;
-    Ok(client.query(&stmt, &[&vaults, &hashes]).await?)
+    let mut out = std::collections::HashMap::with_capacity(pairs.len());
+    for row in client.query(&stmt, &[&vault, &records, &columns]).await? {
+        out.insert(
+            (row.try_get(0)?, row.try_get(1)?),
+            (row.try_get(2)?, row.try_get(3)?),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lookup_returns_values_inline_up_to_inline_bytes() {
+        assert!(super::LOOKUP.contains(&format!("rv.size <= {}", super::INLINE_BYTES)));
+    }
 }

@@ -20,6 +20,24 @@ use uuid::Uuid;
 
 /// Records per batch (each holds at most one value per column).
 const BATCH: i64 = 200;
+/// Bytes of older values per batch. A batch holds each value three times (sealed, opened,
+/// re-sealed), so with files (up to 16 MiB each) a batch of 200 records could need gigabytes;
+/// it stops at the record that crosses this, and always takes at least one.
+const BATCH_BYTES: i64 = 16 << 20;
+
+/// How many of `ids` (in walk order) one batch takes: records up to and including the one whose
+/// older values bring the total past `budget`. `old` gives the older values' bytes of the
+/// records that have any.
+fn batch_len(ids: &[Uuid], old: &std::collections::HashMap<Uuid, i64>, budget: i64) -> usize {
+    let mut bytes = 0i64;
+    for (i, id) in ids.iter().enumerate() {
+        bytes = bytes.saturating_add(old.get(id).copied().unwrap_or(0));
+        if bytes >= budget {
+            return i + 1;
+        }
+    }
+    ids.len()
+}
 
 #[derive(Clone)]
 pub(super) struct Worker {
@@ -185,7 +203,7 @@ impl Worker {
     ) -> Result<Option<Batch>, VaultError> {
         let (version, key) = v.keys.active();
         let tx = client.transaction().await?;
-        let ids: Vec<Uuid> = tx
+        let mut ids: Vec<Uuid> = tx
             .query(
                 "SELECT id FROM records WHERE table_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 &[table, &after, &BATCH],
@@ -194,16 +212,29 @@ impl Worker {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let Some(&last) = ids.last() else {
+        if ids.is_empty() {
             return Ok(None);
-        };
-        let old: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM record_values WHERE record_id = ANY($1) AND key_version < $2",
+        }
+        // Per record: its values under older versions, and their bytes (read from each value's
+        // header, not the value).
+        let mut counts = std::collections::HashMap::new();
+        let mut bytes = std::collections::HashMap::new();
+        for row in tx
+            .query(
+                "SELECT record_id, count(*), sum(octet_length(sealed))::bigint FROM record_values
+                 WHERE record_id = ANY($1) AND key_version < $2 GROUP BY record_id",
                 &[&ids, &version],
             )
             .await?
-            .get(0);
+        {
+            counts.insert(row.get::<_, Uuid>(0), row.get::<_, i64>(1));
+            bytes.insert(row.get::<_, Uuid>(0), row.get::<_, i64>(2));
+        }
+        ids.truncate(batch_len(&ids, &bytes, BATCH_BYTES));
+        let Some(&last) = ids.last() else {
+            return Ok(None);
+        };
+        let old: i64 = ids.iter().filter_map(|id| counts.get(id)).sum();
         if old == 0 {
             return Ok(Some(Batch {
                 last,
@@ -254,4 +285,27 @@ struct Batch {
     last: Uuid,
     old: u64,
     resealed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_stops_at_the_record_that_crosses_its_bytes_and_takes_at_least_one() {
+        let ids: Vec<Uuid> = (0..5u128).map(Uuid::from_u128).collect();
+        let old = |sizes: &[(usize, i64)]| {
+            sizes
+                .iter()
+                .map(|(i, b)| (ids[*i], *b))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        // Small values: the whole list.
+        assert_eq!(batch_len(&ids, &old(&[(0, 10), (3, 10)]), 100), 5);
+        // Records without older values cost nothing; the third brings it to the budget.
+        assert_eq!(batch_len(&ids, &old(&[(0, 40), (2, 60), (4, 1)]), 100), 3);
+        // One record larger than the budget is a batch of its own.
+        assert_eq!(batch_len(&ids, &old(&[(0, 500), (1, 1)]), 100), 1);
+        assert_eq!(batch_len(&ids, &old(&[]), 100), 5);
+    }
 }
