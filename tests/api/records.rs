@@ -537,6 +537,71 @@ async fn detokenize_keeps_order_and_reports_unknown_tokens() {
 }
 
 #[tokio::test]
+async fn lookup_reports_only_records_whose_matched_column_the_caller_may_read() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    // Neither record has a `dob`: a look-up asking only for it reveals no field either way.
+    let (status, body) = app
+        .post(
+            RECORDS,
+            json!({"records": [
+                {"fields": {"email": "ca@example.com", "region": "CA"}},
+                {"fields": {"email": "ny@example.com", "region": "NY"}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ca = body["records"][0]["id"].clone();
+    let key = app.service_account("support", &["support"]).await;
+    let (status, body) = app
+        .policies(
+            r#"
+@id("support-lookup")
+permit(principal in Strongroom::Role::"support", action == Strongroom::Action::"lookup",
+       resource == Strongroom::Column::"payments/customers/email");
+@id("support-email-ca")
+permit(principal in Strongroom::Role::"support", action == Strongroom::Action::"read",
+       resource == Strongroom::Column::"payments/customers/email")
+when { context.redaction == "masked" && context.record.hasTag("region") && context.record.getTag("region") == "CA" };
+"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lookup = |email: &str, columns: Value| {
+        let (key, app) = (key.clone(), &app);
+        let body = json!({"column": "email", "values": [email], "columns": columns});
+        async move {
+            app.call_with(
+                &key,
+                None,
+                reqwest::Method::POST,
+                &format!("{RECORDS}/lookup"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // The caller may read the CA record's email (masked): it is reported, with nothing in it.
+    let (status, body) = lookup("ca@example.com", json!(["dob"])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["records"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["records"][0]["id"], ca);
+    // It may read nothing of the NY record: not even that it exists.
+    let (status, body) = lookup("ny@example.com", json!(["dob"])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["records"], json!([]), "{body}");
+    let (status, body) = lookup("ny@example.com", Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["records"], json!([]), "{body}");
+    // An empty list of columns is a mistake, not a way to ask for ids alone.
+    let (status, body) = lookup("ny@example.com", json!([])).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = app
+        .get(&format!("{RECORDS}/{}?columns=", ca.as_str().unwrap()))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
 async fn errors_list_at_most_a_hundred_details() {
     let app = TestApp::spawn().await;
     app.payments_vault().await;

@@ -14,6 +14,9 @@ pub use mask::Mask;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::Value;
 
+/// What a masked boolean, JSON value or fully masked integer reads, whatever it holds.
+pub const MASKED: &str = "XXXX";
+
 /// Longest accepted `string`, `address` or `json` value, in bytes of canonical text.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
@@ -205,6 +208,8 @@ impl DataType {
     }
 
     /// The mask `redaction=masked` applies when a column does not set its own.
+    ///
+    /// (Booleans, JSON and fully masked integers show [`MASKED`] whatever their value.)
     pub fn default_mask(self) -> Mask {
         match self {
             DataType::CardNumber
@@ -231,6 +236,20 @@ impl DataType {
         }
     }
 
+    /// What `redaction=masked` shows of a canonical value under `mask`.
+    ///
+    /// Letter-and-digit masks keep a value's length and shape. That is their purpose for text
+    /// (`XXX-XX-6789`), but it would give away a boolean (`XXXX` is true, `XXXXX` false), a
+    /// number's sign and size, and a JSON document's structure; those mask to one constant.
+    pub fn mask(self, mask: Mask, canonical: &str) -> String {
+        match (self, mask) {
+            (DataType::Boolean | DataType::Json, _) | (DataType::Integer, Mask::Full) => {
+                MASKED.to_string()
+            }
+            _ => mask.apply(canonical),
+        }
+    }
+
     /// Whether a column of this type may use `mask`. Card numbers never show more than the
     /// last four digits, whatever a schema asks for.
     pub fn allows_mask(self, mask: Mask) -> Result<(), &'static str> {
@@ -240,6 +259,9 @@ impl DataType {
             (DataType::CardNumber, _) => {
                 Err("card numbers may show at most their last four digits (full or keep_last:0..4)")
             }
+            (DataType::Boolean | DataType::Json, Mask::Full) => Ok(()),
+            (DataType::Boolean, _) => Err("boolean columns can only be masked in full"),
+            (DataType::Json, _) => Err("json columns can only be masked in full"),
             (DataType::File, Mask::Full) => Ok(()),
             (DataType::File, _) => {
                 Err("file columns are masked as a summary (media type and size); use full")
@@ -533,6 +555,37 @@ mod tests {
                 assert!(!e.to_string().contains("4111"));
             }
         }
+    }
+
+    #[test]
+    fn masks_do_not_give_away_booleans_numbers_or_json_structure() {
+        let masked = |t: DataType, mask: Mask, v: Value| t.mask(mask, &ok(t, v));
+        let b = DataType::Boolean;
+        assert_eq!(
+            masked(b, b.default_mask(), json!(true)),
+            masked(b, b.default_mask(), json!(false))
+        );
+        let i = DataType::Integer;
+        assert_eq!(
+            masked(i, Mask::Full, json!(7)),
+            masked(i, Mask::Full, json!(-123456))
+        );
+        // A keep mask on an integer is the schema's choice, and shows what it says.
+        assert_eq!(masked(i, Mask::KeepLast(2), json!(123456)), "XXXX56");
+        let j = DataType::Json;
+        assert_eq!(
+            masked(j, Mask::Full, json!({"a": true})),
+            masked(j, Mask::Full, json!({"bb": [null, false]}))
+        );
+        assert!(b.allows_mask(Mask::KeepFirst(2)).is_err());
+        assert!(j.allows_mask(Mask::KeepLast(1)).is_err());
+        assert!(b.allows_mask(Mask::Full).is_ok());
+        // Text keeps its shape, as before.
+        let s = DataType::Ssn;
+        assert_eq!(
+            masked(s, s.default_mask(), json!("123-45-6789")),
+            "XXX-XX-6789"
+        );
     }
 
     #[test]

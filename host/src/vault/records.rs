@@ -109,7 +109,7 @@ pub(super) fn render(column: &Column, canonical: &str, level: Redaction) -> (Val
         Redaction::Masked if column.data_type == DataType::File => {
             Value::String(crate::types::file::summary(canonical))
         }
-        Redaction::Masked => Value::String(column.mask.apply(canonical)),
+        Redaction::Masked => Value::String(column.data_type.mask(column.mask, canonical)),
         Redaction::Redacted => Value::String("*REDACTED*".to_string()),
     };
     (value, level)
@@ -630,7 +630,16 @@ impl VaultService {
         let wanted = wanted_columns(t, columns)?;
         let id = parse_record_id(id)?;
         let mut views = self
-            .read_many(&v, t, &[id], level, wanted.as_ref(), gate, DataAction::Read)
+            .read_many(
+                &v,
+                t,
+                &[id],
+                level,
+                wanted.as_ref(),
+                gate,
+                DataAction::Read,
+                None,
+            )
             .await?;
         let view = views
             .pop()
@@ -673,6 +682,7 @@ impl VaultService {
                 Some(&wanted),
                 gate,
                 DataAction::Read,
+                None,
             )
             .await?
             .pop()
@@ -800,9 +810,26 @@ impl VaultService {
         wanted: Option<&HashSet<Uuid>>,
         gate: &dyn Gate,
         action: DataAction,
+        anchor: Option<&Column>,
     ) -> Result<Vec<RecordView>, VaultError> {
         let facts = self.row_facts(v, ids, gate, false).await?;
         let no_facts = RowFacts::default();
+        // With an anchor (the column a look-up matched on), a record is reported only if the
+        // caller may read that column of it: otherwise even its id would tell the caller that
+        // the record exists and holds the value.
+        let hidden: HashSet<Uuid> = match anchor {
+            None => HashSet::new(),
+            Some(column) => ids
+                .iter()
+                .filter(|id| {
+                    let row_facts = facts.get(id).unwrap_or(&no_facts);
+                    // At any level: a caller who may see the value masked knows it is there.
+                    gate.reveal(action, v, t, column, row_facts, Redaction::Default)
+                        .is_none()
+                })
+                .copied()
+                .collect(),
+        };
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -825,6 +852,9 @@ impl VaultService {
         let mut out: Vec<RecordView> = Vec::new();
         for row in rows {
             let id: Uuid = row.get(0);
+            if hidden.contains(&id) {
+                continue;
+            }
             if out.last().is_none_or(|r| r.id != id) {
                 out.push(RecordView {
                     id,
@@ -921,12 +951,17 @@ impl VaultService {
             .map(|r| r.get(0))
             .collect();
         drop(client);
-        let mut views = self
-            .read_many(&v, t, &ids, level, wanted.as_ref(), gate, DataAction::Read)
-            .await?;
-        // Records the caller may see nothing of are not reported at all.
-        views.retain(|r| !r.fields.is_empty() || r.withheld.is_empty());
-        Ok(views)
+        self.read_many(
+            &v,
+            t,
+            &ids,
+            level,
+            wanted.as_ref(),
+            gate,
+            DataAction::Read,
+            Some(c),
+        )
+        .await
     }
 
     /// `PATCH …/records/{id}`: sets (or, with `null`, removes) the given fields.
@@ -1341,6 +1376,12 @@ fn wanted_columns(
     let Some(names) = columns else {
         return Ok(None);
     };
+    if names.is_empty() {
+        return Err(VaultError::invalid(
+            "`columns` must name at least one column; leave it out for all of them",
+            vec![Detail::field("columns", "is empty")],
+        ));
+    }
     let mut set = HashSet::new();
     let mut errors = Vec::new();
     for name in names {
