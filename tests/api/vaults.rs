@@ -268,3 +268,54 @@ async fn delete_vault_during_inserts_leaves_nothing_behind() {
         }
     }
 }
+
+/// A vault loaded while a column was being added must not put the old schema back in the
+/// cache: every column added is usable at once, whatever reads ran beside it.
+#[tokio::test]
+async fn a_column_added_during_reads_is_usable_at_once() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "busy", "tables": [{"name": "t", "columns": [{"name": "c", "type": "string"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for round in 0..40 {
+        // Readers that keep loading the vault into the cache while the column is added.
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, base) = (app.client.clone(), app.base.clone());
+                tokio::spawn(async move {
+                    for _ in 0..6 {
+                        let r = client
+                            .get(format!("{base}/v1/vaults/busy"))
+                            .bearer_auth(strongroom_tests::ADMIN_KEY)
+                            .send()
+                            .await
+                            .expect("read");
+                        assert_eq!(r.status(), StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        let column = format!("c{round}");
+        let (status, body) = app
+            .post(
+                "/v1/vaults/busy/tables/t/columns",
+                json!({"name": column, "type": "string"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        for r in readers {
+            r.await.expect("reader");
+        }
+        let (status, body) = app
+            .post(
+                "/v1/vaults/busy/tables/t/records",
+                json!({"records": [{"fields": {column.as_str(): "x"}}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "round {round}: {body}");
+    }
+}

@@ -187,12 +187,25 @@ impl LoadedVault {
     }
 }
 
+/// Loaded vaults by name, and how many invalidations there have been.
+///
+/// INVARIANT: a load inserts what it read only if no invalidation came since it started
+/// (same `generation`, checked under the write lock that invalidations take). Otherwise a load
+/// that read the database just before a schema change, a key rotation or a delete committed
+/// would put the old state back for good: an unknown new column, writes under a retired key
+/// version, a deleted vault's keys kept in memory.
+#[derive(Default)]
+struct Cache {
+    vaults: HashMap<String, Arc<LoadedVault>>,
+    generation: u64,
+}
+
 /// The vault service. Cheap to clone.
 #[derive(Clone)]
 pub struct VaultService {
     pool: Pool,
     ring: Arc<MasterKeyRing>,
-    cache: Arc<RwLock<HashMap<String, Arc<LoadedVault>>>>,
+    cache: Arc<RwLock<Cache>>,
     rotation: rotation::Worker,
     prober: probe::Prober,
 }
@@ -229,31 +242,35 @@ impl VaultService {
 
     /// The loaded vault `name` (from the cache, else the database).
     pub async fn load(&self, name: &str) -> Result<Arc<LoadedVault>, VaultError> {
-        if let Some(v) = self.cached(name) {
-            return Ok(v);
-        }
+        let generation = match self.cache.read() {
+            Ok(cache) => match cache.vaults.get(name) {
+                Some(v) => return Ok(v.clone()),
+                None => cache.generation,
+            },
+            Err(_) => u64::MAX,
+        };
         let client = self.pool.get().await?;
         let loaded = Arc::new(store::load_vault(&client, &self.ring, name).await?);
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(name.to_string(), loaded.clone());
+        if let Ok(mut cache) = self.cache.write()
+            && cache.generation == generation
+        {
+            cache.vaults.insert(name.to_string(), loaded.clone());
         }
         Ok(loaded)
-    }
-
-    fn cached(&self, name: &str) -> Option<Arc<LoadedVault>> {
-        self.cache.read().ok()?.get(name).cloned()
     }
 
     /// Drops a vault from the cache (after its schema or keys changed).
     fn invalidate(&self, name: &str) {
         if let Ok(mut cache) = self.cache.write() {
-            cache.remove(name);
+            cache.vaults.remove(name);
+            cache.generation += 1;
         }
     }
 
     fn invalidate_all(&self) {
         if let Ok(mut cache) = self.cache.write() {
-            cache.clear();
+            cache.vaults.clear();
+            cache.generation += 1;
         }
     }
 }
