@@ -38,7 +38,10 @@ pub struct ItemError {
 /// large value is read; files are downloaded one at a time from `…/records/{id}/files/{column}`.
 pub const MAX_ANSWER_BYTES: usize = 48 << 20;
 
+/// A distinct token: where it lives and the level its caller may see, or its item error.
 type Decided<'v> = Result<(Hit, &'v Table, &'v Column, Redaction), &'static str>;
+/// A distinct token's value as the answer shows it, or its item error.
+type Rendered<'v> = Result<(Value, &'v Table, &'v Column, Redaction), &'static str>;
 
 impl VaultService {
     /// Reads the values the lookup left out for their size ([`super::probe::INLINE_BYTES`]),
@@ -145,7 +148,7 @@ impl VaultService {
         }
         // Each distinct token: where it lives and the level its caller may see, or its error.
         let no_facts = super::access::RowFacts::default();
-        let decided: Vec<Result<(Hit, &Table, &Column, Redaction), &'static str>> = found
+        let decided: Vec<Decided<'_>> = found
             .into_iter()
             .map(|hit| {
                 let hit = hit.ok_or("not_found")?;
@@ -159,7 +162,7 @@ impl VaultService {
             .collect();
         let mut decided = self.fetch_large(&v, decided, &slots).await?;
         // Each distinct value once, opened and rendered; then the answer in request order.
-        let rendered: Vec<Result<(Value, &Table, &Column, Redaction), &'static str>> = decided
+        let rendered: Vec<Rendered<'_>> = decided
             .iter_mut()
             .map(|d| match d {
                 Err(code) => Ok(Err(*code)),
