@@ -817,3 +817,167 @@ async fn a_stalled_statement_is_cancelled_and_answered_503() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A name that cannot exist (a NUL byte) in a path is 404 without the database, and the
+/// audit events of the requests sent with it, in the same batches as everyone else's, are
+/// stored: nobody gets 503 `audit_unavailable`.
+#[tokio::test]
+async fn a_nul_in_a_path_name_is_not_found_and_fails_no_audit_batch() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let nobody = app.service_account("nobody-here", &["nobody"]).await;
+    // concurrent requests share audit batches: the bad ones must not sink the good ones
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let client = app.client.clone();
+        let key = if i % 3 == 0 {
+            nobody.clone()
+        } else {
+            strongroom_tests::ADMIN_KEY.to_string()
+        };
+        let path = if i % 2 == 0 {
+            "/v1/vaults/a%00b"
+        } else {
+            "/v1/vaults/payments"
+        };
+        let url = format!("{}{path}", app.base);
+        tasks.push(tokio::spawn(async move {
+            let resp = client.get(url).bearer_auth(key).send().await.unwrap();
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (i, status, body)
+        }));
+    }
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        match (i % 2 == 0, i % 3 == 0) {
+            (true, _) => {
+                assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+            }
+            (false, true) => {
+                assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+            }
+            (false, false) => assert_eq!(status, StatusCode::OK, "{body}"),
+        }
+    }
+    // every kind of name or id in a path
+    let id = "00000000-0000-4000-8000-000000000000";
+    for (method, path) in [
+        (Method::GET, "/v1/vaults/a%00b".to_string()),
+        (Method::GET, "/v1/vaults/x%00/keys".to_string()),
+        (
+            Method::GET,
+            format!("/v1/vaults/payments/tables/a%00b/records/{id}"),
+        ),
+        (
+            Method::GET,
+            "/v1/vaults/payments/tables/customers/records/a%00b".to_string(),
+        ),
+        (
+            Method::GET,
+            format!("/v1/vaults/payments/tables/customers/records/{id}/files/a%00b"),
+        ),
+        (Method::GET, "/v1/service-accounts/a%00b".to_string()),
+        (Method::DELETE, "/v1/service-accounts/a%00b".to_string()),
+        (
+            Method::DELETE,
+            "/v1/service-accounts/admin/keys/a%00b".to_string(),
+        ),
+        (Method::DELETE, "/v1/grants/a%00b".to_string()),
+        (Method::GET, "/v1/functions/a%00b".to_string()),
+        (Method::GET, "/v1/connections/a%00b".to_string()),
+        (Method::DELETE, "/v1/secrets/a%00b".to_string()),
+        (Method::GET, "/v1/vaults/Payments".to_string()),
+        (Method::GET, format!("/v1/vaults/{}", "a".repeat(64))),
+    ] {
+        let (status, body) = app.call(method.clone(), &path, None).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        assert!(
+            !body.to_string().contains('\u{0}'),
+            "{method} {path}: {body}"
+        );
+    }
+    // a PUT creates what it names: a bad name there is bad input
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/a%00b",
+            Some(json!({"value": "v"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // and without a key, 401 comes first
+    let (status, body) = app
+        .call_as(None, Method::GET, "/v1/vaults/a%00b", None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+
+    // body fields and query parameters that cannot name anything are 400 or 404, never 500
+    for (path, body, expected, code) in [
+        (
+            "/v1/service-accounts",
+            json!({"name": "tagged", "attributes": {"team": "a\u{0}b"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/grants",
+            json!({"principal": "a\u{0}b", "records": [{"vault": "payments", "table": "customers", "id": id}], "expires_in_seconds": 60}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/grants",
+            json!({"principal": "nobody-here", "records": [{"vault": "pay\u{0}ments", "table": "customers", "id": id}], "expires_in_seconds": 60}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/policies/check",
+            json!({"principal": "a\u{0}b", "action": "read_vault", "resource": {"vault": "payments"}}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/vaults",
+            json!({"name": "x\u{0}y", "template": "pii"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (status, answer) = app.post(path, body).await;
+        assert_error(status, &answer, expected, code);
+        assert!(!answer.to_string().contains('\u{0}'), "{path}: {answer}");
+    }
+    for query in ["principal=a%00b", "vault=a%00b", "action=a%00b"] {
+        let (status, body) = app.get(&format!("/v1/audit?{query}")).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (status, body) = app
+        .raw(
+            Method::PUT,
+            "/v1/policies",
+            "text/plain",
+            b"// a\0b\npermit (principal in Strongroom::Role::\"admin\", action, resource);"
+                .to_vec(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // the chain holds all of it, with the bad names left out
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let (_, page) = app.get("/v1/audit?limit=1000").await;
+    let events = page["events"].as_array().unwrap();
+    let not_found = events
+        .iter()
+        .filter(|e| e["route"] == "/v1/vaults/{vault}" && e["status"] == 404)
+        .count();
+    assert!(not_found >= 30, "{not_found} 404s audited");
+    let created = events
+        .iter()
+        .find(|e| e["action"] == "create_vault" && e["status"] == 400)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(created["vault"], "(invalid name)", "{created}");
+    assert!(!page.to_string().contains("\\u0000"), "{page}");
+}

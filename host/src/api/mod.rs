@@ -95,6 +95,7 @@ pub fn router(
         .merge(files::routes())
         .merge(functions::routes())
         .merge(connections::routes())
+        .route_layer(middleware::from_fn(auth::path_names))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -103,6 +104,7 @@ pub fn router(
     // Inbound calls authenticate with the connection's own key (or none, on public routes),
     // inside the gateway; they are audited like everything else.
     let inbound = connections::inbound_routes()
+        .route_layer(middleware::from_fn(auth::path_names))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audited));
     Router::new()
         .route("/healthz", get(healthz))

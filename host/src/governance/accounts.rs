@@ -156,6 +156,12 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), GovErro
                 "attribute `{k}` is longer than 256 bytes"
             )));
         }
+        // PostgreSQL refuses NUL in `jsonb`; no tag needs a control character.
+        if v.chars().any(char::is_control) {
+            return Err(GovError::invalid(format!(
+                "attribute `{k}` holds a control character"
+            )));
+        }
     }
     Ok(())
 }

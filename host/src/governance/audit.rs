@@ -6,9 +6,13 @@
 //! waits for its event to be written; if that fails, the request fails (no unaudited access).
 //!
 //! INVARIANT: an event holds ids, names, counts and policy ids, never a value or a secret.
+//! INVARIANT: no event's content can fail a batch: names that fail the name rule are stored
+//! as [`INVALID_NAME`], and every other text is cut to [`MAX_TEXT`] bytes without NUL, which
+//! PostgreSQL refuses in `text`.
 
 use super::GovError;
 use crate::crypto::{Key, keyed_hash};
+use crate::vault::schema::valid_name;
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_RECORD_IDS: usize = 100;
 /// Events written in one insert.
 const MAX_BATCH: usize = 512;
+
+/// Stands in for a vault, table or column name that fails the name rule: such a name cannot
+/// exist, and the raw text (it may hold a NUL, or be huge) is not stored.
+pub const INVALID_NAME: &str = "(invalid name)";
+/// The longest text an event keeps in any other field, in bytes.
+const MAX_TEXT: usize = 256;
 
 /// One audit event. Field order is the canonical order the chain hashes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -99,6 +109,73 @@ impl Event {
         };
         self.decision = Some(d.to_string());
     }
+
+    /// Makes every text of the event storable (see the module's invariant).
+    fn make_safe(&mut self) {
+        for name in [&mut self.vault, &mut self.table].into_iter().flatten() {
+            if !valid_name(name) {
+                *name = INVALID_NAME.to_string();
+            }
+        }
+        for name in &mut self.columns {
+            if !valid_name(name) {
+                *name = INVALID_NAME.to_string();
+            }
+        }
+        for text in [
+            &mut self.request_id,
+            &mut self.action,
+            &mut self.method,
+            &mut self.route,
+            &mut self.outcome,
+        ] {
+            safe_text(text);
+        }
+        for text in [
+            &mut self.principal,
+            &mut self.key_id,
+            &mut self.purpose,
+            &mut self.decision,
+            &mut self.function,
+            &mut self.connection,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            safe_text(text);
+        }
+        self.records.iter_mut().for_each(safe_text);
+        self.policies.iter_mut().for_each(safe_text);
+        if self.counts.keys().any(|k| needs_cleaning(k)) {
+            self.counts = std::mem::take(&mut self.counts)
+                .into_iter()
+                .map(|(mut k, n)| {
+                    safe_text(&mut k);
+                    (k, n)
+                })
+                .collect();
+        }
+    }
+}
+
+fn needs_cleaning(text: &str) -> bool {
+    text.len() > MAX_TEXT || text.contains('\0')
+}
+
+/// Cuts `text` to [`MAX_TEXT`] bytes (on a character boundary) and replaces NUL with U+FFFD.
+fn safe_text(text: &mut String) {
+    if !needs_cleaning(text) {
+        return;
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_TEXT));
+    for c in text.chars() {
+        let c = if c == '\0' { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > MAX_TEXT {
+            break;
+        }
+        out.push(c);
+    }
+    *text = out;
 }
 
 tokio::task_local! {
@@ -352,6 +429,7 @@ async fn write_batch(
     let mut vaults = Vec::with_capacity(batch.len());
     for p in batch.iter_mut() {
         seq += 1;
+        p.event.make_safe();
         p.event.seq = seq;
         p.event.at = now.to_rfc3339_opts(SecondsFormat::Micros, true);
         let text = serde_json::to_string(&p.event).map_err(|_| GovError::Audit)?;
@@ -400,6 +478,35 @@ mod tests {
         }
         assert_eq!(e.records.len(), MAX_RECORD_IDS);
         assert_eq!(e.counts["records"], 150);
+    }
+
+    #[test]
+    fn no_content_can_fail_a_batch() {
+        let mut e = Event {
+            vault: Some("a\0b".into()),
+            table: Some("x".repeat(300)),
+            columns: vec!["ok".into(), "Bad".into()],
+            action: "GET \0".into(),
+            principal: Some("é".repeat(200)),
+            policies: vec!["p\0".into()],
+            ..Event::default()
+        };
+        e.make_safe();
+        assert_eq!(e.vault.as_deref(), Some(INVALID_NAME));
+        assert_eq!(e.table.as_deref(), Some(INVALID_NAME));
+        assert_eq!(e.columns, vec!["ok", INVALID_NAME]);
+        assert_eq!(e.action, "GET \u{fffd}");
+        assert_eq!(e.policies, vec!["p\u{fffd}"]);
+        let principal = e.principal.unwrap_or_default();
+        assert!(principal.len() <= MAX_TEXT && principal.chars().all(|c| c == 'é'));
+        let mut fine = Event {
+            vault: Some("payments".into()),
+            action: "read".into(),
+            ..Event::default()
+        };
+        let before = fine.clone();
+        fine.make_safe();
+        assert_eq!(fine, before);
     }
 
     #[test]
