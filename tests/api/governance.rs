@@ -818,6 +818,34 @@ async fn a_stalled_statement_is_cancelled_and_answered_503() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Stops `app` and starts a server on its database and data directory, with settings
+/// adjusted by `adjust`.
+async fn restart(
+    app: &mut TestApp,
+    adjust: impl FnOnce(&mut strongroom::config::Settings),
+) -> TestApp {
+    app.stop().await;
+    let mut settings = strongroom_tests::test_settings(app.data_dir.clone());
+    adjust(&mut settings);
+    TestApp::start(
+        settings,
+        app.db_name.clone(),
+        app.db.clone(),
+        app.data_dir.clone(),
+    )
+    .await
+}
+
+/// The highest sequence number stored.
+async fn last_seq(app: &TestApp) -> i64 {
+    app.db()
+        .await
+        .query_one("SELECT coalesce(max(seq), 0) FROM audit_events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A name that cannot exist (a NUL byte) in a path is 404 without the database, and the
 /// audit events of the requests sent with it, in the same batches as everyone else's, are
 /// stored: nobody gets 503 `audit_unavailable`.
@@ -980,4 +1008,80 @@ async fn a_nul_in_a_path_name_is_not_found_and_fails_no_audit_batch() {
         .unwrap_or_else(|| panic!("{page}"));
     assert_eq!(created["vault"], "(invalid name)", "{created}");
     assert!(!page.to_string().contains("\\u0000"), "{page}");
+}
+
+/// Cutting events off the end of the log is reported by verify, before and after a restart,
+/// and the chain goes on after the cut (the gap stays).
+#[tokio::test]
+async fn cutting_the_end_of_the_audit_log_is_detected_also_after_a_restart() {
+    let mut app = TestApp::spawn().await;
+    for _ in 0..10 {
+        let (status, _) = app.get("/v1/vaults").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let last = last_seq(&app).await;
+    let db = app.db().await;
+    db.execute("DELETE FROM audit_events WHERE seq > $1", &[&(last - 3)])
+        .await
+        .unwrap();
+    let first_gap = last - 2;
+    let (_, cut) = app.get("/v1/audit/verify").await;
+    assert_eq!(cut["ok"], false, "{cut}");
+    assert_eq!(cut["first_broken"]["seq"], first_gap, "{cut}");
+    // the running server goes on after its head: the cut is now a gap
+    let (_, again) = app.get("/v1/audit/verify").await;
+    assert_eq!(again["ok"], false, "{again}");
+    assert_eq!(again["first_broken"]["seq"], first_gap, "{again}");
+
+    // cut again, then restart: the new server does not continue from the cut end
+    let last = last_seq(&app).await;
+    db.execute("DELETE FROM audit_events WHERE seq > $1", &[&(last - 3)])
+        .await
+        .unwrap();
+    let mut app2 = restart(&mut app, |_| {}).await;
+    let (status, _) = app2.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::OK, "the log still takes events");
+    let (_, after) = app2.get("/v1/audit/verify").await;
+    assert_eq!(after["ok"], false, "{after}");
+    assert_eq!(after["first_broken"]["seq"], first_gap, "{after}");
+    let stored: Vec<i64> = db
+        .query("SELECT seq FROM audit_events ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        stored.iter().any(|s| *s > last),
+        "new events follow the signed head, not the cut end: {stored:?}"
+    );
+    assert!(strongroom_tests::logs().contains("missing from the end of the log"));
+
+    // an emptied log is reported too
+    db.execute("DELETE FROM audit_events", &[]).await.unwrap();
+    let (_, empty) = app2.get("/v1/audit/verify").await;
+    assert_eq!(empty["ok"], false, "{empty}");
+
+    // a head moved by hand: nothing more is appended (answers are withheld), and a server
+    // does not start on it
+    db.execute("UPDATE audit_head SET seq = seq + 5", &[])
+        .await
+        .unwrap();
+    let (status, body) = app2.get("/v1/vaults").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+    );
+    app2.stop().await;
+    let settings = strongroom_tests::test_settings(app.data_dir.clone());
+    assert!(
+        strongroom::startup::Application::build_with(settings, Some(app.db.clone()))
+            .await
+            .is_err(),
+        "a server must not start on a head it did not sign"
+    );
 }

@@ -196,7 +196,7 @@ impl Governance {
             );
         }
         Ok(Governance {
-            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout),
+            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout).await?,
             pool,
             accounts,
             engine: RwLock::new(Arc::new(engine)),
