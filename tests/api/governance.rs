@@ -1085,3 +1085,45 @@ async fn cutting_the_end_of_the_audit_log_is_detected_also_after_a_restart() {
         "a server must not start on a head it did not sign"
     );
 }
+
+/// Revoking the bootstrap key survives a restart with the same configured key; a new
+/// configured key replaces it.
+#[tokio::test]
+async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
+    let mut app = TestApp::spawn().await;
+    let ops = app.service_account("ops", &["admin"]).await;
+    let (status, body) = app
+        .delete("/v1/service-accounts/admin/keys/bootstrap")
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = app.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let mut again = restart(&mut app, |_| {}).await;
+    let (status, body) = again.get("/v1/vaults").await;
+    let err = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(
+        err["message"].as_str().unwrap().contains("revoked"),
+        "{err}"
+    );
+    let (status, _) = again
+        .call_as(Some(&ops), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let logs = strongroom_tests::logs();
+    assert!(logs.contains("was revoked and stays revoked"));
+    assert!(!logs.contains(strongroom_tests::ADMIN_KEY));
+
+    // a new configured key replaces the revoked one
+    const NEW_KEY: &str = "a-new-admin-key-0123456789abcdefghijklmnop";
+    let third = restart(&mut again, |s| {
+        s.admin_key = Some(NEW_KEY.to_string().into())
+    })
+    .await;
+    let (status, _) = third
+        .call_as(Some(NEW_KEY), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = third.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old key stays out");
+}

@@ -206,13 +206,18 @@ impl Accounts {
     }
 
     /// Makes sure the `admin` account exists and `admin_key` is its bootstrap key.
+    ///
+    /// A revoked bootstrap key stays revoked while the configured key is the same one (a
+    /// restart must not undo revoking a leaked key); a different configured key replaces it.
     pub async fn ensure_bootstrap(&self, admin_key: &str) -> Result<(), GovError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let id = match tx
             .query_opt(
-                &tx.prepare_cached("SELECT id FROM service_accounts WHERE name = $1")
-                    .await?,
+                &tx.prepare_cached(
+                    "SELECT id FROM service_accounts WHERE name = $1 AND deleted_at IS NULL",
+                )
+                .await?,
                 &[&ADMIN_ACCOUNT],
             )
             .await?
@@ -231,13 +236,42 @@ impl Accounts {
                 id
             }
         };
-        let hash = self.hash(admin_key).to_vec();
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, account_id = EXCLUDED.account_id, revoked_at = NULL").await?,
-            &[&BOOTSTRAP_KEY_ID, &id, &hash],
-        )
-        .await?;
+        let hash = self.hash(admin_key);
+        let stored = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT secret_hash, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 FOR UPDATE",
+                )
+                .await?,
+                &[&BOOTSTRAP_KEY_ID],
+            )
+            .await?;
+        match stored {
+            Some(row) if constant_time_eq(row.get::<_, &[u8]>(0), &hash) => {
+                if row.get::<_, bool>(1) {
+                    tracing::warn!(
+                        "the configured admin key (key `bootstrap` of account `admin`) was revoked and stays revoked; configure a new STRONGROOM_ADMIN_KEY to replace it"
+                    );
+                }
+            }
+            Some(_) => {
+                tx.execute(
+                    &tx.prepare_cached("UPDATE api_keys SET secret_hash = $2, account_id = $3, revoked_at = NULL, expires_at = NULL, created_at = now() WHERE id = $1").await?,
+                    &[&BOOTSTRAP_KEY_ID, &hash.as_slice(), &id],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    &tx.prepare_cached(
+                        "INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)",
+                    )
+                    .await?,
+                    &[&BOOTSTRAP_KEY_ID, &id, &hash.as_slice()],
+                )
+                .await?;
+            }
+        }
         tx.commit().await?;
         self.forget(BOOTSTRAP_KEY_ID);
         Ok(())
