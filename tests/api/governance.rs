@@ -1127,3 +1127,71 @@ async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
     let (status, _) = third.get("/v1/vaults").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old key stays out");
 }
+
+/// A deleted account's name may be used again; the new account inherits nothing.
+#[tokio::test]
+async fn a_deleted_accounts_name_can_be_used_again() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tables/customers/records",
+            json!({"records": [customer("reuse@example.com", "CA")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let record = body["records"][0]["id"].as_str().unwrap().to_string();
+    let old = app.service_account("reused", &["app"]).await;
+    let (status, body) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "reused", "records": [{"vault": "payments", "table": "customers", "id": record}], "expires_in_seconds": 600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = app.delete("/v1/service-accounts/reused").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let new = app.service_account("reused", &["app"]).await;
+    let (status, list) = app.get("/v1/service-accounts").await;
+    assert_eq!(status, StatusCode::OK);
+    let named = list["service_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "reused")
+        .count();
+    assert_eq!(named, 1, "{list}");
+    // the old key stays dead, the new one works, and the old account's grant ended with it
+    let (status, _) = app
+        .call_as(Some(&old), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .call_as(Some(&new), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "authenticated, not permitted"
+    );
+    let live: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM grants WHERE principal = 'reused' AND revoked_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0);
+    // live names stay unique, and `admin` cannot be deleted
+    let (status, body) = app
+        .post("/v1/service-accounts", json!({"name": "reused"}))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = app.delete("/v1/service-accounts/admin").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, _) = app.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::OK, "admin still works");
+}

@@ -403,7 +403,7 @@ impl Accounts {
         let row = tx
             .query_opt(
                 &tx.prepare_cached("INSERT INTO service_accounts (id, name, roles, attributes) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO NOTHING RETURNING created_at").await?,
+                 ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING RETURNING created_at").await?,
                 &[&id, &name, &roles, &attrs],
             )
             .await?
@@ -482,38 +482,40 @@ impl Accounts {
         Ok(out)
     }
 
-    /// `DELETE /v1/service-accounts/{id}`: the account and all its keys stop working.
+    /// `DELETE /v1/service-accounts/{id}`: the account and all its keys stop working, and
+    /// its grants end (its name may be given to a new account, which must not inherit them).
     pub async fn delete(&self, id_or_name: &str) -> Result<(), GovError> {
         let id = self.resolve(id_or_name).await?;
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                &client.prepare_cached("UPDATE service_accounts SET deleted_at = now() WHERE id = $1 RETURNING name").await?,
-                &[&id],
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &tx.prepare_cached("UPDATE service_accounts SET deleted_at = now() WHERE id = $1 AND name <> $2 AND deleted_at IS NULL RETURNING name").await?,
+                &[&id, &ADMIN_ACCOUNT],
             )
             .await?;
+        let Some(row) = row else {
+            return Err(if self.resolve(id_or_name).await? == id {
+                GovError::Conflict("the bootstrap `admin` account cannot be deleted".into())
+            } else {
+                GovError::NotFound("service account".into())
+            });
+        };
         let name: String = row.get(0);
-        if name == ADMIN_ACCOUNT {
-            client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "UPDATE service_accounts SET deleted_at = NULL WHERE id = $1",
-                        )
-                        .await?,
-                    &[&id],
-                )
-                .await?;
-            return Err(GovError::Conflict(
-                "the bootstrap `admin` account cannot be deleted".into(),
-            ));
-        }
-        client
-            .execute(
-                &client.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL").await?,
-                &[&id],
+        tx.execute(
+            &tx.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL").await?,
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE grants SET revoked_at = now() WHERE principal = $1 AND revoked_at IS NULL",
             )
-            .await?;
+            .await?,
+            &[&name],
+        )
+        .await?;
+        tx.commit().await?;
         self.forget_account(&id);
         Ok(())
     }
