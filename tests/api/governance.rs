@@ -1128,6 +1128,52 @@ async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old key stays out");
 }
 
+/// `list_vaults` lists names; a schema is shown only where `read_vault` is allowed.
+#[tokio::test]
+async fn listing_vaults_shows_schemas_only_where_read_vault_is_allowed() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post("/v1/vaults", json!({"name": "notes", "template": "pii"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .policies(
+            "@id(\"lister\")\npermit(principal in Strongroom::Role::\"lister\", action == Strongroom::Action::\"list_vaults\", resource);\n\
+             @id(\"notes-reader\")\npermit(principal in Strongroom::Role::\"lister\", action == Strongroom::Action::\"read_vault\", resource == Strongroom::Vault::\"notes\");",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key = app.service_account("lister", &["lister"]).await;
+    let (status, body) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults/payments", None)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, list) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let vaults = list["vaults"].as_array().unwrap();
+    let payments = vaults.iter().find(|v| v["name"] == "payments").unwrap();
+    assert!(payments.get("tables").is_none(), "{payments}");
+    assert!(payments["created_at"].is_string(), "{payments}");
+    assert!(!list.to_string().contains("card_number"), "{list}");
+    let notes = vaults.iter().find(|v| v["name"] == "notes").unwrap();
+    assert!(
+        notes["tables"].as_array().is_some_and(|t| !t.is_empty()),
+        "{notes}"
+    );
+    // the admin sees every schema
+    let (_, all) = app.get("/v1/vaults").await;
+    assert!(
+        all["vaults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["tables"].is_array())
+    );
+}
+
 /// A deleted account's name may be used again; the new account inherits nothing.
 #[tokio::test]
 async fn a_deleted_accounts_name_can_be_used_again() {
