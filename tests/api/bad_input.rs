@@ -199,3 +199,50 @@ async fn unknown_things_are_not_found() {
         "method_not_allowed",
     );
 }
+
+/// Unknown `/v1` paths and methods go through authentication and the audit log like every
+/// other `/v1` request: 401 without a key, 404 or 405 with one, and an event either way.
+#[tokio::test]
+async fn unknown_endpoints_need_a_key_and_are_audited() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .call_as(None, Method::GET, "/v1/no/such/endpoint", None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (status, body) = app.call_as(None, Method::PUT, "/v1/vaults", None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    // with a key: 404 and 405 as before (`unknown_things_are_not_found`), now audited
+    let (status, _) = app.get("/v1/no/such/endpoint").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.call(Method::PUT, "/v1/vaults", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // outside /v1, nothing changes
+    let (status, body) = app.call_as(None, Method::GET, "/nope", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let (_, page) = app.get("/v1/audit?limit=1000").await;
+    let events = page["events"].as_array().unwrap();
+    let seen = |status: u64, method: &str| {
+        events
+            .iter()
+            .any(|e| e["status"] == status && e["method"] == method)
+    };
+    assert!(seen(401, "GET") && seen(401, "PUT"), "{page}");
+    assert!(seen(404, "GET") && seen(405, "PUT"), "{page}");
+    let unknown = events
+        .iter()
+        .find(|e| e["status"] == 404)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(unknown["principal"], "admin", "{unknown}");
+    assert_eq!(unknown["route"], "unknown", "{unknown}");
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+}
+
+/// An unknown function is 404 `not_found`, not 200 `null`.
+#[tokio::test]
+async fn an_unknown_function_is_not_found() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/v1/functions/nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}

@@ -817,3 +817,427 @@ async fn a_stalled_statement_is_cancelled_and_answered_503() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Stops `app` and starts a server on its database and data directory, with settings
+/// adjusted by `adjust`.
+async fn restart(
+    app: &mut TestApp,
+    adjust: impl FnOnce(&mut strongroom::config::Settings),
+) -> TestApp {
+    app.stop().await;
+    let mut settings = strongroom_tests::test_settings(app.data_dir.clone());
+    adjust(&mut settings);
+    TestApp::start(
+        settings,
+        app.db_name.clone(),
+        app.db.clone(),
+        app.data_dir.clone(),
+    )
+    .await
+}
+
+/// The highest sequence number stored.
+async fn last_seq(app: &TestApp) -> i64 {
+    app.db()
+        .await
+        .query_one("SELECT coalesce(max(seq), 0) FROM audit_events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A name that cannot exist (a NUL byte) in a path is 404 without the database, and the
+/// audit events of the requests sent with it, in the same batches as everyone else's, are
+/// stored: nobody gets 503 `audit_unavailable`.
+#[tokio::test]
+async fn a_nul_in_a_path_name_is_not_found_and_fails_no_audit_batch() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let nobody = app.service_account("nobody-here", &["nobody"]).await;
+    // concurrent requests share audit batches: the bad ones must not sink the good ones
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let client = app.client.clone();
+        let key = if i % 3 == 0 {
+            nobody.clone()
+        } else {
+            strongroom_tests::ADMIN_KEY.to_string()
+        };
+        let path = if i % 2 == 0 {
+            "/v1/vaults/a%00b"
+        } else {
+            "/v1/vaults/payments"
+        };
+        let url = format!("{}{path}", app.base);
+        tasks.push(tokio::spawn(async move {
+            let resp = client.get(url).bearer_auth(key).send().await.unwrap();
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (i, status, body)
+        }));
+    }
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        match (i % 2 == 0, i % 3 == 0) {
+            (true, _) => {
+                assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+            }
+            (false, true) => {
+                assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+            }
+            (false, false) => assert_eq!(status, StatusCode::OK, "{body}"),
+        }
+    }
+    // every kind of name or id in a path
+    let id = "00000000-0000-4000-8000-000000000000";
+    for (method, path) in [
+        (Method::GET, "/v1/vaults/a%00b".to_string()),
+        (Method::GET, "/v1/vaults/x%00/keys".to_string()),
+        (
+            Method::GET,
+            format!("/v1/vaults/payments/tables/a%00b/records/{id}"),
+        ),
+        (
+            Method::GET,
+            "/v1/vaults/payments/tables/customers/records/a%00b".to_string(),
+        ),
+        (
+            Method::GET,
+            format!("/v1/vaults/payments/tables/customers/records/{id}/files/a%00b"),
+        ),
+        (Method::GET, "/v1/service-accounts/a%00b".to_string()),
+        (Method::DELETE, "/v1/service-accounts/a%00b".to_string()),
+        (
+            Method::DELETE,
+            "/v1/service-accounts/admin/keys/a%00b".to_string(),
+        ),
+        (Method::DELETE, "/v1/grants/a%00b".to_string()),
+        (Method::GET, "/v1/functions/a%00b".to_string()),
+        (Method::GET, "/v1/connections/a%00b".to_string()),
+        (Method::DELETE, "/v1/secrets/a%00b".to_string()),
+        (Method::GET, "/v1/vaults/Payments".to_string()),
+        (Method::GET, format!("/v1/vaults/{}", "a".repeat(64))),
+    ] {
+        let (status, body) = app.call(method.clone(), &path, None).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        assert!(
+            !body.to_string().contains('\u{0}'),
+            "{method} {path}: {body}"
+        );
+    }
+    // a PUT creates what it names: a bad name there is bad input
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/a%00b",
+            Some(json!({"value": "v"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // and without a key, 401 comes first
+    let (status, body) = app
+        .call_as(None, Method::GET, "/v1/vaults/a%00b", None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+
+    // body fields and query parameters that cannot name anything are 400 or 404, never 500
+    for (path, body, expected, code) in [
+        (
+            "/v1/service-accounts",
+            json!({"name": "tagged", "attributes": {"team": "a\u{0}b"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/grants",
+            json!({"principal": "a\u{0}b", "records": [{"vault": "payments", "table": "customers", "id": id}], "expires_in_seconds": 60}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/grants",
+            json!({"principal": "nobody-here", "records": [{"vault": "pay\u{0}ments", "table": "customers", "id": id}], "expires_in_seconds": 60}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/policies/check",
+            json!({"principal": "a\u{0}b", "action": "read_vault", "resource": {"vault": "payments"}}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/vaults",
+            json!({"name": "x\u{0}y", "template": "pii"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (status, answer) = app.post(path, body).await;
+        assert_error(status, &answer, expected, code);
+        assert!(!answer.to_string().contains('\u{0}'), "{path}: {answer}");
+    }
+    for query in ["principal=a%00b", "vault=a%00b", "action=a%00b"] {
+        let (status, body) = app.get(&format!("/v1/audit?{query}")).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (status, body) = app
+        .raw(
+            Method::PUT,
+            "/v1/policies",
+            "text/plain",
+            b"// a\0b\npermit (principal in Strongroom::Role::\"admin\", action, resource);"
+                .to_vec(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // the chain holds all of it, with the bad names left out
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let (_, page) = app.get("/v1/audit?limit=1000").await;
+    let events = page["events"].as_array().unwrap();
+    let not_found = events
+        .iter()
+        .filter(|e| e["route"] == "/v1/vaults/{vault}" && e["status"] == 404)
+        .count();
+    assert!(not_found >= 30, "{not_found} 404s audited");
+    let created = events
+        .iter()
+        .find(|e| e["action"] == "create_vault" && e["status"] == 400)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(created["vault"], "(invalid name)", "{created}");
+    assert!(!page.to_string().contains("\\u0000"), "{page}");
+}
+
+/// Cutting events off the end of the log is reported by verify, before and after a restart,
+/// and the chain goes on after the cut (the gap stays).
+#[tokio::test]
+async fn cutting_the_end_of_the_audit_log_is_detected_also_after_a_restart() {
+    let mut app = TestApp::spawn().await;
+    for _ in 0..10 {
+        let (status, _) = app.get("/v1/vaults").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let last = last_seq(&app).await;
+    let db = app.db().await;
+    db.execute("DELETE FROM audit_events WHERE seq > $1", &[&(last - 3)])
+        .await
+        .unwrap();
+    let first_gap = last - 2;
+    let (_, cut) = app.get("/v1/audit/verify").await;
+    assert_eq!(cut["ok"], false, "{cut}");
+    assert_eq!(cut["first_broken"]["seq"], first_gap, "{cut}");
+    // the running server goes on after its head: the cut is now a gap
+    let (_, again) = app.get("/v1/audit/verify").await;
+    assert_eq!(again["ok"], false, "{again}");
+    assert_eq!(again["first_broken"]["seq"], first_gap, "{again}");
+
+    // cut again, then restart: the new server does not continue from the cut end
+    let last = last_seq(&app).await;
+    db.execute("DELETE FROM audit_events WHERE seq > $1", &[&(last - 3)])
+        .await
+        .unwrap();
+    let mut app2 = restart(&mut app, |_| {}).await;
+    let (status, _) = app2.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::OK, "the log still takes events");
+    let (_, after) = app2.get("/v1/audit/verify").await;
+    assert_eq!(after["ok"], false, "{after}");
+    assert_eq!(after["first_broken"]["seq"], first_gap, "{after}");
+    let stored: Vec<i64> = db
+        .query("SELECT seq FROM audit_events ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        stored.iter().any(|s| *s > last),
+        "new events follow the signed head, not the cut end: {stored:?}"
+    );
+    assert!(strongroom_tests::logs().contains("missing from the end of the log"));
+
+    // an emptied log is reported too
+    db.execute("DELETE FROM audit_events", &[]).await.unwrap();
+    let (_, empty) = app2.get("/v1/audit/verify").await;
+    assert_eq!(empty["ok"], false, "{empty}");
+
+    // a head moved by hand: nothing more is appended (answers are withheld), and a server
+    // does not start on it
+    db.execute("UPDATE audit_head SET seq = seq + 5", &[])
+        .await
+        .unwrap();
+    let (status, body) = app2.get("/v1/vaults").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+    );
+    app2.stop().await;
+    let settings = strongroom_tests::test_settings(app.data_dir.clone());
+    assert!(
+        strongroom::startup::Application::build_with(settings, Some(app.db.clone()))
+            .await
+            .is_err(),
+        "a server must not start on a head it did not sign"
+    );
+}
+
+/// Revoking the bootstrap key survives a restart with the same configured key; a new
+/// configured key replaces it.
+#[tokio::test]
+async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
+    let mut app = TestApp::spawn().await;
+    let ops = app.service_account("ops", &["admin"]).await;
+    let (status, body) = app
+        .delete("/v1/service-accounts/admin/keys/bootstrap")
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = app.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let mut again = restart(&mut app, |_| {}).await;
+    let (status, body) = again.get("/v1/vaults").await;
+    let err = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(
+        err["message"].as_str().unwrap().contains("revoked"),
+        "{err}"
+    );
+    let (status, _) = again
+        .call_as(Some(&ops), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let logs = strongroom_tests::logs();
+    assert!(logs.contains("was revoked and stays revoked"));
+    assert!(!logs.contains(strongroom_tests::ADMIN_KEY));
+
+    // a new configured key replaces the revoked one
+    const NEW_KEY: &str = "a-new-admin-key-0123456789abcdefghijklmnop";
+    let third = restart(&mut again, |s| {
+        s.admin_key = Some(NEW_KEY.to_string().into())
+    })
+    .await;
+    let (status, _) = third
+        .call_as(Some(NEW_KEY), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = third.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old key stays out");
+}
+
+/// `list_vaults` lists names; a schema is shown only where `read_vault` is allowed.
+#[tokio::test]
+async fn listing_vaults_shows_schemas_only_where_read_vault_is_allowed() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post("/v1/vaults", json!({"name": "notes", "template": "pii"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .policies(
+            "@id(\"lister\")\npermit(principal in Strongroom::Role::\"lister\", action == Strongroom::Action::\"list_vaults\", resource);\n\
+             @id(\"notes-reader\")\npermit(principal in Strongroom::Role::\"lister\", action == Strongroom::Action::\"read_vault\", resource == Strongroom::Vault::\"notes\");",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key = app.service_account("lister", &["lister"]).await;
+    let (status, body) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults/payments", None)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, list) = app
+        .call_as(Some(&key), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let vaults = list["vaults"].as_array().unwrap();
+    let payments = vaults.iter().find(|v| v["name"] == "payments").unwrap();
+    assert!(payments.get("tables").is_none(), "{payments}");
+    assert!(payments["created_at"].is_string(), "{payments}");
+    assert!(!list.to_string().contains("card_number"), "{list}");
+    let notes = vaults.iter().find(|v| v["name"] == "notes").unwrap();
+    assert!(
+        notes["tables"].as_array().is_some_and(|t| !t.is_empty()),
+        "{notes}"
+    );
+    // the admin sees every schema
+    let (_, all) = app.get("/v1/vaults").await;
+    assert!(
+        all["vaults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["tables"].is_array())
+    );
+}
+
+/// A deleted account's name may be used again; the new account inherits nothing.
+#[tokio::test]
+async fn a_deleted_accounts_name_can_be_used_again() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/tables/customers/records",
+            json!({"records": [customer("reuse@example.com", "CA")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let record = body["records"][0]["id"].as_str().unwrap().to_string();
+    let old = app.service_account("reused", &["app"]).await;
+    let (status, body) = app
+        .post(
+            "/v1/grants",
+            json!({"principal": "reused", "records": [{"vault": "payments", "table": "customers", "id": record}], "expires_in_seconds": 600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = app.delete("/v1/service-accounts/reused").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let new = app.service_account("reused", &["app"]).await;
+    let (status, list) = app.get("/v1/service-accounts").await;
+    assert_eq!(status, StatusCode::OK);
+    let named = list["service_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "reused")
+        .count();
+    assert_eq!(named, 1, "{list}");
+    // the old key stays dead, the new one works, and the old account's grant ended with it
+    let (status, _) = app
+        .call_as(Some(&old), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .call_as(Some(&new), Method::GET, "/v1/vaults", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "authenticated, not permitted"
+    );
+    let live: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM grants WHERE principal = 'reused' AND revoked_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0);
+    // live names stay unique, and `admin` cannot be deleted
+    let (status, body) = app
+        .post("/v1/service-accounts", json!({"name": "reused"}))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = app.delete("/v1/service-accounts/admin").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, _) = app.get("/v1/vaults").await;
+    assert_eq!(status, StatusCode::OK, "admin still works");
+}

@@ -11,7 +11,9 @@ use crate::governance::accounts::{Caller, Refused};
 use crate::governance::audit::{self, Event};
 use crate::governance::gate::CedarGate;
 use crate::governance::{Target, valid_purpose};
-use axum::extract::{MatchedPath, Request, State};
+use crate::vault::schema::valid_name;
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -230,6 +232,81 @@ pub async fn authenticate(
     }
     req.extensions_mut().insert(Principal { caller, purpose });
     Ok(next.run(req).await)
+}
+
+/// What a path parameter must look like to name anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParamRule {
+    /// API.md's name rule, `^[a-z][a-z0-9_-]{0,62}$`.
+    Name,
+    /// An id (a UUID, a key id, or an account name): 1 to 64 ASCII letters, digits, `_`, `-`.
+    Id,
+    /// Passed on as it is (the path a gateway call forwards).
+    Free,
+}
+
+/// What the parameter `param` of `route` names (for its 404) and the rule it must follow.
+fn param_rule(route: &str, param: &str) -> (&'static str, ParamRule) {
+    let under = |prefix: &str| route.starts_with(prefix);
+    match param {
+        "vault" => ("vault", ParamRule::Name),
+        "table" => ("table", ParamRule::Name),
+        "column" => ("column", ParamRule::Name),
+        "connection" => ("connection", ParamRule::Name),
+        "name" if under("/v1/functions/") => ("function", ParamRule::Name),
+        "name" if under("/v1/connections/") => ("connection", ParamRule::Name),
+        "name" if under("/v1/secrets/") => ("secret", ParamRule::Name),
+        "name" => ("resource", ParamRule::Name),
+        "id" if under("/v1/service-accounts/") => ("service account", ParamRule::Id),
+        "id" if under("/v1/grants/") => ("grant", ParamRule::Id),
+        "id" if under("/v1/vaults/") => ("record", ParamRule::Id),
+        "key_id" => ("key", ParamRule::Id),
+        "path" => ("", ParamRule::Free),
+        _ => ("resource", ParamRule::Id),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Middleware (inside authentication): a path parameter that cannot name anything (a NUL
+/// byte, a name outside the name rule, an id of the wrong shape) is answered here, without
+/// touching the database, and never reaches the audit event: 404, or 400 for `PUT
+/// /v1/secrets/{name}`, which creates what it names. The event names the route, not the raw
+/// path.
+pub async fn path_names(
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(params) = params else {
+        return ApiError::invalid("the path is not valid UTF-8 percent-encoding").into_response();
+    };
+    let route = matched.as_ref().map_or("", MatchedPath::as_str);
+    for (param, value) in &params {
+        let (what, rule) = param_rule(route, param);
+        let ok = match rule {
+            ParamRule::Name => valid_name(value),
+            ParamRule::Id => valid_id(value),
+            ParamRule::Free => true,
+        };
+        if ok {
+            continue;
+        }
+        if req.method() == http::Method::PUT && route == "/v1/secrets/{name}" {
+            return ApiError::invalid(format!(
+                "the {what} name in the path must match ^[a-z][a-z0-9_-]{{0,62}}$"
+            ))
+            .into_response();
+        }
+        return ApiError::not_found(what).into_response();
+    }
+    next.run(req).await
 }
 
 /// Middleware: every `/v1` request appends an audit event, and is answered only once it has.

@@ -7,6 +7,7 @@ use super::error::ApiError;
 use super::extract::{Json, QueryParams};
 use crate::governance::audit::{self, Filter};
 use crate::governance::{CheckRequest, GrantRecord};
+use crate::vault::schema::valid_name;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -308,6 +309,28 @@ async fn audit_events(
                 .ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this API returned"))?,
         ),
     };
+    // Filters that cannot match a stored event are refused here, without the database (a NUL
+    // in a parameter is an error there, not a miss).
+    if let Some(p) = q.get("principal") {
+        let name = p.strip_prefix("connection:").unwrap_or(p);
+        if !valid_name(name) {
+            return Err(ApiError::invalid(
+                "`principal` must be an account name (^[a-z][a-z0-9_-]{0,62}$) or `connection:<name>`",
+            ));
+        }
+    }
+    if q.get("vault").is_some_and(|v| !valid_name(v)) {
+        return Err(ApiError::invalid(
+            "`vault` must be a vault name (^[a-z][a-z0-9_-]{0,62}$)",
+        ));
+    }
+    if q.get("action")
+        .is_some_and(|a| a.is_empty() || a.len() > 256 || a.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "`action` must be an action name (1 to 256 characters, no control characters)",
+        ));
+    }
     let filter = Filter {
         since: time_param(&q, "since")?,
         until: time_param(&q, "until")?,

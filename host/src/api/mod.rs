@@ -15,6 +15,7 @@ use crate::functions::FunctionService;
 use crate::governance::Governance;
 use crate::vault::VaultService;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,11 @@ pub fn router(
         functions,
         connections,
     };
+    // Authentication inside the audit event, for the fallbacks.
+    let guarded = (
+        middleware::from_fn_with_state(state.clone(), auth::audited),
+        middleware::from_fn_with_state(state.clone(), auth::authenticate),
+    );
     let v1 = Router::new()
         .route("/vaults", post(vaults::create).get(vaults::list))
         .route("/vaults/{vault}", get(vaults::get).delete(vaults::delete))
@@ -95,6 +101,12 @@ pub fn router(
         .merge(files::routes())
         .merge(functions::routes())
         .merge(connections::routes())
+        // Unknown `/v1` paths and methods are authenticated and audited like the rest: a
+        // caller without a key gets 401, not a map of what exists (`route_layer` does not
+        // wrap fallbacks, so they carry the two layers themselves).
+        .method_not_allowed_fallback(method_not_allowed.layer(guarded.clone()))
+        .fallback(not_found.layer(guarded))
+        .route_layer(middleware::from_fn(auth::path_names))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -103,6 +115,7 @@ pub fn router(
     // Inbound calls authenticate with the connection's own key (or none, on public routes),
     // inside the gateway; they are audited like everything else.
     let inbound = connections::inbound_routes()
+        .route_layer(middleware::from_fn(auth::path_names))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audited));
     Router::new()
         .route("/healthz", get(healthz))

@@ -4,6 +4,7 @@ use super::auth::{Action, Principal, authorize};
 use super::error::ApiError;
 use super::extract::Json;
 use super::{AppState, created};
+use crate::governance::Target;
 use crate::vault::{NewColumn, NewTable, NewVault};
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -20,12 +21,38 @@ pub async fn create(
     Ok(created(s.vault.create_vault(new).await?))
 }
 
+/// `GET /v1/vaults`: every vault's name and creation time (`list_vaults`), and the schema
+/// (`tables`) only of the vaults the caller may `read_vault`: listing names is what
+/// `list_vaults` grants, and a schema is what `GET /v1/vaults/{vault}` guards. The audit
+/// decision is `partial` when some schemas were left out.
 pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::ListVaults, None)?;
-    Ok(axum::Json(json!({"vaults": s.vault.list_vaults().await?})).into_response())
+    let vaults: Vec<serde_json::Value> = s
+        .vault
+        .list_vaults()
+        .await?
+        .into_iter()
+        .map(|v| {
+            let readable = s
+                .gov
+                .decide_admin(
+                    &p.caller,
+                    Action::ReadVault.name(),
+                    Target::Vault(&v.name),
+                    &p.purpose,
+                )
+                .allowed;
+            if readable {
+                serde_json::to_value(&v).unwrap_or_default()
+            } else {
+                json!({"name": v.name, "created_at": v.created_at})
+            }
+        })
+        .collect();
+    Ok(axum::Json(json!({ "vaults": vaults })).into_response())
 }
 
 pub async fn get(

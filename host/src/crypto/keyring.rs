@@ -15,19 +15,27 @@ pub struct MasterKeyRing {
     keys: HashMap<String, Key>,
 }
 
-/// Why the master-key setting was refused. Messages name key ids, never key material.
+/// Why the master-key setting was refused.
+///
+/// INVARIANT: errors about the setting name an entry by its position (1 for the first), never
+/// any part of its text: with id and key swapped (`base64:id`), or a stray separator, the part
+/// read as the id is key material. Ids named here come from the database, not the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRingError {
     #[error("STRONGROOM_MASTER_KEYS is empty")]
     Empty,
     #[error("master key entry {0} is not of the form `id:base64-32-bytes`")]
     Malformed(usize),
-    #[error("master key id `{0}` is not a valid name")]
-    BadId(String),
-    #[error("master key `{0}` is not 32 bytes of base64")]
-    BadKey(String),
-    #[error("master key id `{0}` appears twice")]
-    Duplicate(String),
+    #[error(
+        "master key entry {0}: the id (before the `:`) must be 1 to 64 letters, digits, `_`, `-` or `.`; is the entry `id:key`, in that order?"
+    )]
+    BadId(usize),
+    #[error(
+        "master key entry {0}: the key (after the `:`) is not 32 bytes of base64; is the entry `id:key`, in that order?"
+    )]
+    BadKey(usize),
+    #[error("master key entry {0} has the same id as an earlier entry")]
+    Duplicate(usize),
     #[error("data is wrapped under master key `{0}`, which is not in STRONGROOM_MASTER_KEYS")]
     Unknown(String),
     #[error("a wrapped key failed to open under master key `{0}`: wrong key material for that id?")]
@@ -56,9 +64,10 @@ impl MasterKeyRing {
             if entry.is_empty() {
                 continue;
             }
+            let position = index + 1;
             let (id, b64) = entry
                 .split_once(':')
-                .ok_or(KeyRingError::Malformed(index + 1))?;
+                .ok_or(KeyRingError::Malformed(position))?;
             let id = id.trim();
             if id.is_empty()
                 || id.len() > 64
@@ -66,17 +75,16 @@ impl MasterKeyRing {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
             {
-                return Err(KeyRingError::BadId(id.chars().take(64).collect()));
+                return Err(KeyRingError::BadId(position));
             }
             let bytes = zeroize::Zeroizing::new(
                 STANDARD
                     .decode(b64.trim())
-                    .map_err(|_| KeyRingError::BadKey(id.to_string()))?,
+                    .map_err(|_| KeyRingError::BadKey(position))?,
             );
-            let key =
-                Key::from_slice(&bytes).ok_or_else(|| KeyRingError::BadKey(id.to_string()))?;
+            let key = Key::from_slice(&bytes).ok_or(KeyRingError::BadKey(position))?;
             if keys.insert(id.to_string(), key).is_some() {
-                return Err(KeyRingError::Duplicate(id.to_string()));
+                return Err(KeyRingError::Duplicate(position));
             }
             active.get_or_insert_with(|| id.to_string());
         }
@@ -163,8 +171,38 @@ mod tests {
         let dup = format!("k:{},k:{}", b64(1), b64(2));
         assert!(matches!(
             MasterKeyRing::parse(&dup),
-            Err(KeyRingError::Duplicate(_))
+            Err(KeyRingError::Duplicate(2))
         ));
+    }
+
+    /// With id and key swapped, the part before the `:` is the key: no part of the setting is
+    /// echoed, whether that part passes for an id or not.
+    #[test]
+    fn a_swapped_entry_echoes_nothing_of_the_setting() {
+        let padded = b64(7);
+        let unpadded = padded.trim_end_matches('=').to_string();
+        // 30 bytes encode to 40 characters without padding or `+`/`/` for these bytes.
+        let plain = STANDARD.encode([0x41u8; 30]);
+        for spec in [
+            format!("{padded}:k1"),
+            format!("{unpadded}:k1"),
+            format!("{plain}:k1"),
+            format!("k0:{},{plain}:k1", b64(1)),
+            format!("k1:{padded}x"),
+            format!("{}:{}", &plain[..20], &plain[20..]),
+        ] {
+            let err = MasterKeyRing::parse(&spec).unwrap_err().to_string();
+            for part in spec.split([',', ':']) {
+                let part = part.trim();
+                assert!(part.len() < 4 || !err.contains(part), "{err} echoes {part}");
+            }
+            // not even a fragment of the key material
+            for window in [&padded, &unpadded, &plain] {
+                for start in (0..window.len().saturating_sub(8)).step_by(4) {
+                    assert!(!err.contains(&window[start..start + 8]), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

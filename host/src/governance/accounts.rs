@@ -156,6 +156,12 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), GovErro
                 "attribute `{k}` is longer than 256 bytes"
             )));
         }
+        // PostgreSQL refuses NUL in `jsonb`; no tag needs a control character.
+        if v.chars().any(char::is_control) {
+            return Err(GovError::invalid(format!(
+                "attribute `{k}` holds a control character"
+            )));
+        }
     }
     Ok(())
 }
@@ -200,13 +206,18 @@ impl Accounts {
     }
 
     /// Makes sure the `admin` account exists and `admin_key` is its bootstrap key.
+    ///
+    /// A revoked bootstrap key stays revoked while the configured key is the same one (a
+    /// restart must not undo revoking a leaked key); a different configured key replaces it.
     pub async fn ensure_bootstrap(&self, admin_key: &str) -> Result<(), GovError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let id = match tx
             .query_opt(
-                &tx.prepare_cached("SELECT id FROM service_accounts WHERE name = $1")
-                    .await?,
+                &tx.prepare_cached(
+                    "SELECT id FROM service_accounts WHERE name = $1 AND deleted_at IS NULL",
+                )
+                .await?,
                 &[&ADMIN_ACCOUNT],
             )
             .await?
@@ -225,13 +236,42 @@ impl Accounts {
                 id
             }
         };
-        let hash = self.hash(admin_key).to_vec();
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, account_id = EXCLUDED.account_id, revoked_at = NULL").await?,
-            &[&BOOTSTRAP_KEY_ID, &id, &hash],
-        )
-        .await?;
+        let hash = self.hash(admin_key);
+        let stored = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT secret_hash, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 FOR UPDATE",
+                )
+                .await?,
+                &[&BOOTSTRAP_KEY_ID],
+            )
+            .await?;
+        match stored {
+            Some(row) if constant_time_eq(row.get::<_, &[u8]>(0), &hash) => {
+                if row.get::<_, bool>(1) {
+                    tracing::warn!(
+                        "the configured admin key (key `bootstrap` of account `admin`) was revoked and stays revoked; configure a new STRONGROOM_ADMIN_KEY to replace it"
+                    );
+                }
+            }
+            Some(_) => {
+                tx.execute(
+                    &tx.prepare_cached("UPDATE api_keys SET secret_hash = $2, account_id = $3, revoked_at = NULL, expires_at = NULL, created_at = now() WHERE id = $1").await?,
+                    &[&BOOTSTRAP_KEY_ID, &hash.as_slice(), &id],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    &tx.prepare_cached(
+                        "INSERT INTO api_keys (id, account_id, secret_hash) VALUES ($1, $2, $3)",
+                    )
+                    .await?,
+                    &[&BOOTSTRAP_KEY_ID, &id, &hash.as_slice()],
+                )
+                .await?;
+            }
+        }
         tx.commit().await?;
         self.forget(BOOTSTRAP_KEY_ID);
         Ok(())
@@ -363,7 +403,7 @@ impl Accounts {
         let row = tx
             .query_opt(
                 &tx.prepare_cached("INSERT INTO service_accounts (id, name, roles, attributes) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO NOTHING RETURNING created_at").await?,
+                 ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING RETURNING created_at").await?,
                 &[&id, &name, &roles, &attrs],
             )
             .await?
@@ -442,38 +482,40 @@ impl Accounts {
         Ok(out)
     }
 
-    /// `DELETE /v1/service-accounts/{id}`: the account and all its keys stop working.
+    /// `DELETE /v1/service-accounts/{id}`: the account and all its keys stop working, and
+    /// its grants end (its name may be given to a new account, which must not inherit them).
     pub async fn delete(&self, id_or_name: &str) -> Result<(), GovError> {
         let id = self.resolve(id_or_name).await?;
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                &client.prepare_cached("UPDATE service_accounts SET deleted_at = now() WHERE id = $1 RETURNING name").await?,
-                &[&id],
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &tx.prepare_cached("UPDATE service_accounts SET deleted_at = now() WHERE id = $1 AND name <> $2 AND deleted_at IS NULL RETURNING name").await?,
+                &[&id, &ADMIN_ACCOUNT],
             )
             .await?;
+        let Some(row) = row else {
+            return Err(if self.resolve(id_or_name).await? == id {
+                GovError::Conflict("the bootstrap `admin` account cannot be deleted".into())
+            } else {
+                GovError::NotFound("service account".into())
+            });
+        };
         let name: String = row.get(0);
-        if name == ADMIN_ACCOUNT {
-            client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "UPDATE service_accounts SET deleted_at = NULL WHERE id = $1",
-                        )
-                        .await?,
-                    &[&id],
-                )
-                .await?;
-            return Err(GovError::Conflict(
-                "the bootstrap `admin` account cannot be deleted".into(),
-            ));
-        }
-        client
-            .execute(
-                &client.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL").await?,
-                &[&id],
+        tx.execute(
+            &tx.prepare_cached("UPDATE api_keys SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL").await?,
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE grants SET revoked_at = now() WHERE principal = $1 AND revoked_at IS NULL",
             )
-            .await?;
+            .await?,
+            &[&name],
+        )
+        .await?;
+        tx.commit().await?;
         self.forget_account(&id);
         Ok(())
     }

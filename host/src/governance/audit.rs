@@ -5,10 +5,21 @@
 //! into one insert and chains them: `hash = HMAC(chain key, prev_hash || event)`. The request
 //! waits for its event to be written; if that fails, the request fails (no unaudited access).
 //!
+//! The end of the chain is anchored too: `audit_head` holds the last sequence number and hash
+//! with an HMAC under the chain key, moved in the same statement as each batch. Cutting events
+//! off the end leaves the head ahead of the last event: `verify` reports the first missing
+//! one, and the writer goes on after the head, so the gap stays in the chain for good. A head
+//! that is missing or does not verify is tampering with the log itself: the server does not
+//! start, and a running writer refuses to append (requests get 503 `audit_unavailable`).
+//!
 //! INVARIANT: an event holds ids, names, counts and policy ids, never a value or a secret.
+//! INVARIANT: no event's content can fail a batch: names that fail the name rule are stored
+//! as [`INVALID_NAME`], and every other text is cut to [`MAX_TEXT`] bytes without NUL, which
+//! PostgreSQL refuses in `text`.
 
 use super::GovError;
-use crate::crypto::{Key, keyed_hash};
+use crate::crypto::{Key, constant_time_eq, keyed_hash};
+use crate::vault::schema::valid_name;
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
@@ -20,6 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_RECORD_IDS: usize = 100;
 /// Events written in one insert.
 const MAX_BATCH: usize = 512;
+/// Stands in for a vault, table or column name that fails the name rule: such a name cannot
+/// exist, and the raw text (it may hold a NUL, or be huge) is not stored.
+pub const INVALID_NAME: &str = "(invalid name)";
+/// The longest text an event keeps in any other field, in bytes.
+const MAX_TEXT: usize = 256;
 
 /// One audit event. Field order is the canonical order the chain hashes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -99,6 +115,73 @@ impl Event {
         };
         self.decision = Some(d.to_string());
     }
+
+    /// Makes every text of the event storable (see the module's invariant).
+    fn make_safe(&mut self) {
+        for name in [&mut self.vault, &mut self.table].into_iter().flatten() {
+            if !valid_name(name) {
+                *name = INVALID_NAME.to_string();
+            }
+        }
+        for name in &mut self.columns {
+            if !valid_name(name) {
+                *name = INVALID_NAME.to_string();
+            }
+        }
+        for text in [
+            &mut self.request_id,
+            &mut self.action,
+            &mut self.method,
+            &mut self.route,
+            &mut self.outcome,
+        ] {
+            safe_text(text);
+        }
+        for text in [
+            &mut self.principal,
+            &mut self.key_id,
+            &mut self.purpose,
+            &mut self.decision,
+            &mut self.function,
+            &mut self.connection,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            safe_text(text);
+        }
+        self.records.iter_mut().for_each(safe_text);
+        self.policies.iter_mut().for_each(safe_text);
+        if self.counts.keys().any(|k| needs_cleaning(k)) {
+            self.counts = std::mem::take(&mut self.counts)
+                .into_iter()
+                .map(|(mut k, n)| {
+                    safe_text(&mut k);
+                    (k, n)
+                })
+                .collect();
+        }
+    }
+}
+
+fn needs_cleaning(text: &str) -> bool {
+    text.len() > MAX_TEXT || text.contains('\0')
+}
+
+/// Cuts `text` to [`MAX_TEXT`] bytes (on a character boundary) and replaces NUL with U+FFFD.
+fn safe_text(text: &mut String) {
+    if !needs_cleaning(text) {
+        return;
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_TEXT));
+    for c in text.chars() {
+        let c = if c == '\0' { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > MAX_TEXT {
+            break;
+        }
+        out.push(c);
+    }
+    *text = out;
 }
 
 tokio::task_local! {
@@ -170,18 +253,75 @@ fn chain_hash(key: &Key, prev: &[u8], event: &str) -> [u8; 32] {
     keyed_hash(key, &[b"audit-chain", prev, event.as_bytes()])
 }
 
+/// The MAC of the chain's head: its last sequence number and hash.
+fn head_mac(key: &Key, seq: i64, hash: &[u8]) -> [u8; 32] {
+    keyed_hash(key, &[b"audit-head", &seq.to_be_bytes(), hash])
+}
+
+/// The stored head, as read.
+struct Head {
+    seq: i64,
+    hash: Vec<u8>,
+    mac: Vec<u8>,
+}
+
+impl Head {
+    fn signed_by(&self, key: &Key) -> bool {
+        constant_time_eq(&head_mac(key, self.seq, &self.hash), &self.mac)
+    }
+}
+
+async fn read_head(client: &deadpool_postgres::Object) -> Result<Option<Head>, GovError> {
+    let row = client
+        .query_opt(
+            &client
+                .prepare_cached("SELECT seq, hash, mac FROM audit_head")
+                .await?,
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| Head {
+        seq: r.get(0),
+        hash: r.get(1),
+        mac: r.get(2),
+    }))
+}
+
 impl AuditLog {
-    /// Starts the writer task. `append` waits at most `timeout` for its event.
-    pub fn start(pool: Pool, key: Key, timeout: std::time::Duration) -> AuditLog {
+    /// Checks the chain's head, adopting one no server has signed yet, and starts the writer
+    /// task. `append` waits at most `timeout` for its event.
+    ///
+    /// Fails when the head is missing or its MAC does not verify. A head ahead of the last
+    /// event (the log's end was cut off) is logged as an error, and the chain goes on after the
+    /// head: the missing events stay a gap that `verify` reports.
+    pub async fn start(
+        pool: Pool,
+        key: Key,
+        timeout: std::time::Duration,
+    ) -> Result<AuditLog, GovError> {
+        let adopted = adopt_unsigned_head(&pool, &key).await?;
+        tail(&pool, &key).await?;
         let (tx, rx) = mpsc::channel(4096);
         let key = Arc::new(key);
         tokio::spawn(writer(pool.clone(), key.clone(), rx));
-        AuditLog {
+        let log = AuditLog {
             tx,
             pool,
             key,
             timeout,
+        };
+        if let Some(seq) = adopted {
+            let mut event = Event {
+                request_id: "startup".into(),
+                action: "adopt_audit_head".into(),
+                route: "startup".into(),
+                outcome: "ok".into(),
+                ..Event::default()
+            };
+            event.count("head_seq", seq.unsigned_abs());
+            log.append(event).await?;
         }
+        Ok(log)
     }
 
     /// Appends an event and waits until it is stored. Returns its sequence number.
@@ -235,9 +375,12 @@ impl AuditLog {
             .collect())
     }
 
-    /// `GET /v1/audit/verify`: walks the chain from the start.
+    /// `GET /v1/audit/verify`: walks the chain from the start, up to its signed head.
     pub async fn verify(&self) -> Result<Verification, GovError> {
         let client = self.pool.get().await?;
+        // Read first: every event up to it is committed (they move in one statement), and
+        // events written meanwhile only add to the walk.
+        let head = read_head(&client).await?;
         let mut prev = vec![0u8; 32];
         let mut expected_seq = 1i64;
         let mut events = 0u64;
@@ -268,6 +411,11 @@ impl AuditLog {
                     Some(broken("hash does not match its content"))
                 } else if serde_json::from_str::<Event>(text).map(|e| e.seq).ok() != Some(seq) {
                     Some(broken("content names another sequence number"))
+                } else if head
+                    .as_ref()
+                    .is_some_and(|h| h.seq == seq && h.hash != hash)
+                {
+                    Some(broken("does not match the signed head of the log"))
                 } else {
                     None
                 };
@@ -283,17 +431,70 @@ impl AuditLog {
                 events += 1;
             }
         }
+        let problem = match &head {
+            None => Some(Broken {
+                seq: expected_seq,
+                reason: "the signed head of the log is missing",
+            }),
+            Some(h) if !h.signed_by(&self.key) => Some(Broken {
+                seq: h.seq,
+                reason: "the head of the log is not signed by this server",
+            }),
+            Some(h) if h.seq >= expected_seq => Some(Broken {
+                seq: expected_seq,
+                reason: "missing event (the log ends before its signed head)",
+            }),
+            Some(_) => None,
+        };
         Ok(Verification {
-            ok: true,
+            ok: problem.is_none(),
             events,
-            first_broken: None,
+            first_broken: problem,
         })
     }
 }
 
-/// The chain's tail: the last sequence number and hash.
-async fn tail(pool: &Pool) -> Result<(i64, Vec<u8>), GovError> {
+/// Signs a head no server has signed yet (migration 0008 writes one without the chain key, at
+/// the end of the log as it was), if it is still at the end of the log. Returns its sequence
+/// number when the log was not empty, for the caller to record the adoption in the chain.
+async fn adopt_unsigned_head(pool: &Pool, key: &Key) -> Result<Option<i64>, GovError> {
     let client = pool.get().await?;
+    let Some(head) = read_head(&client).await? else {
+        return Ok(None);
+    };
+    if !head.mac.is_empty() {
+        return Ok(None);
+    }
+    let last = last_event(&client).await?;
+    if last.as_ref().map_or(0, |(seq, _)| *seq) != head.seq
+        || last.as_ref().is_some_and(|(_, hash)| *hash != head.hash)
+    {
+        tracing::error!(
+            head_seq = head.seq,
+            "the audit log's unsigned head is not at the end of the log; not adopting it"
+        );
+        return Err(GovError::Audit);
+    }
+    let mac = head_mac(key, head.seq, &head.hash).to_vec();
+    let n = client
+        .execute(
+            "UPDATE audit_head SET mac = $1 WHERE seq = $2 AND mac = ''",
+            &[&mac, &head.seq],
+        )
+        .await?;
+    if n == 0 || head.seq == 0 {
+        return Ok(None);
+    }
+    tracing::warn!(
+        head_seq = head.seq,
+        "the audit log's head was not signed (first start after upgrading, or an operator reset it): it is signed now, at the log's current end"
+    );
+    Ok(Some(head.seq))
+}
+
+async fn last_event(
+    client: &deadpool_postgres::Object,
+) -> Result<Option<(i64, Vec<u8>)>, GovError> {
     let row = client
         .query_opt(
             &client
@@ -302,7 +503,42 @@ async fn tail(pool: &Pool) -> Result<(i64, Vec<u8>), GovError> {
             &[],
         )
         .await?;
-    Ok(row.map_or((0, vec![0u8; 32]), |r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Where the chain goes on: its signed head (the last sequence number and hash).
+///
+/// An error when the head is missing or not signed by this server. A head ahead of the last
+/// event means the end of the log was cut off: logged, and the chain goes on after the head.
+async fn tail(pool: &Pool, key: &Key) -> Result<(i64, Vec<u8>), GovError> {
+    let client = pool.get().await?;
+    let Some(head) = read_head(&client).await? else {
+        tracing::error!("the audit log's signed head is missing; refusing to append");
+        return Err(GovError::Audit);
+    };
+    if !head.signed_by(key) {
+        tracing::error!(
+            head_seq = head.seq,
+            "the audit log's head is not signed by this server; refusing to append"
+        );
+        return Err(GovError::Audit);
+    }
+    let last = last_event(&client).await?.map_or(0, |(seq, _)| seq);
+    if last < head.seq {
+        tracing::error!(
+            last_seq = last,
+            head_seq = head.seq,
+            "audit events are missing from the end of the log (it ends before its signed head); the chain goes on after the head and GET /v1/audit/verify reports the gap"
+        );
+    } else if last > head.seq {
+        tracing::error!(
+            last_seq = last,
+            head_seq = head.seq,
+            "the audit log holds events after its signed head; refusing to append"
+        );
+        return Err(GovError::Audit);
+    }
+    Ok((head.seq, head.hash))
 }
 
 async fn writer(pool: Pool, key: Arc<Key>, mut rx: mpsc::Receiver<Pending>) {
@@ -339,8 +575,9 @@ async fn write_batch(
 ) -> Result<(), GovError> {
     let (mut seq, mut prev) = match state.take() {
         Some(s) => s,
-        None => tail(pool).await?,
+        None => tail(pool, key).await?,
     };
+    let head_before = seq;
     let now = Utc::now();
     let mut seqs = Vec::with_capacity(batch.len());
     let mut texts = Vec::with_capacity(batch.len());
@@ -352,6 +589,7 @@ async fn write_batch(
     let mut vaults = Vec::with_capacity(batch.len());
     for p in batch.iter_mut() {
         seq += 1;
+        p.event.make_safe();
         p.event.seq = seq;
         p.event.at = now.to_rfc3339_opts(SecondsFormat::Micros, true);
         let text = serde_json::to_string(&p.event).map_err(|_| GovError::Audit)?;
@@ -365,14 +603,27 @@ async fn write_batch(
         actions.push(p.event.action.clone());
         vaults.push(p.event.vault.clone());
     }
+    let mac = head_mac(key, seq, &prev).to_vec();
     let client = pool.get().await?;
-    client
+    // One statement: the head moves from where this writer left it, with the events, or
+    // neither happens (another writer, or a hand on the table, moved it).
+    let stored = client
         .execute(
-            &client.prepare_cached("INSERT INTO audit_events (seq, event, prev_hash, hash, at, principal, action, vault)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])").await?,
-            &[&seqs, &texts, &prevs, &hashes, &ats, &principals, &actions, &vaults],
+            &client.prepare_cached("WITH head AS (
+                 UPDATE audit_head SET seq = $9, hash = $10, mac = $11 WHERE seq = $12 RETURNING 1)
+             INSERT INTO audit_events (seq, event, prev_hash, hash, at, principal, action, vault)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])
+             WHERE EXISTS (SELECT 1 FROM head)").await?,
+            &[&seqs, &texts, &prevs, &hashes, &ats, &principals, &actions, &vaults, &seq, &prev, &mac, &head_before],
         )
         .await?;
+    if stored != batch.len() as u64 {
+        tracing::error!(
+            head_seq = head_before,
+            "the audit log's head moved under the writer; the batch was not stored"
+        );
+        return Err(GovError::Audit);
+    }
     *state = Some((seq, prev));
     Ok(())
 }
@@ -400,6 +651,49 @@ mod tests {
         }
         assert_eq!(e.records.len(), MAX_RECORD_IDS);
         assert_eq!(e.counts["records"], 150);
+    }
+
+    #[test]
+    fn no_content_can_fail_a_batch() {
+        let mut e = Event {
+            vault: Some("a\0b".into()),
+            table: Some("x".repeat(300)),
+            columns: vec!["ok".into(), "Bad".into()],
+            action: "GET \0".into(),
+            principal: Some("é".repeat(200)),
+            policies: vec!["p\0".into()],
+            ..Event::default()
+        };
+        e.make_safe();
+        assert_eq!(e.vault.as_deref(), Some(INVALID_NAME));
+        assert_eq!(e.table.as_deref(), Some(INVALID_NAME));
+        assert_eq!(e.columns, vec!["ok", INVALID_NAME]);
+        assert_eq!(e.action, "GET \u{fffd}");
+        assert_eq!(e.policies, vec!["p\u{fffd}"]);
+        let principal = e.principal.unwrap_or_default();
+        assert!(principal.len() <= MAX_TEXT && principal.chars().all(|c| c == 'é'));
+        let mut fine = Event {
+            vault: Some("payments".into()),
+            action: "read".into(),
+            ..Event::default()
+        };
+        let before = fine.clone();
+        fine.make_safe();
+        assert_eq!(fine, before);
+    }
+
+    #[test]
+    fn the_head_mac_binds_seq_and_hash() {
+        let key = Key::generate();
+        let head = Head {
+            seq: 7,
+            hash: vec![1; 32],
+            mac: head_mac(&key, 7, &[1; 32]).to_vec(),
+        };
+        assert!(head.signed_by(&key));
+        assert!(!head.signed_by(&Key::generate()));
+        let moved = Head { seq: 8, ..head };
+        assert!(!moved.signed_by(&key));
     }
 
     #[test]

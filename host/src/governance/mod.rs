@@ -196,7 +196,7 @@ impl Governance {
             );
         }
         Ok(Governance {
-            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout),
+            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout).await?,
             pool,
             accounts,
             engine: RwLock::new(Arc::new(engine)),
@@ -216,6 +216,10 @@ impl Governance {
     /// Refuses a set that would leave `by` unable to write policies: an empty or mistaken set
     /// must not lock every administrator out of a running vault.
     pub async fn put_policies(&self, source: &str, by: &Caller) -> Result<i64, GovError> {
+        if source.contains('\0') {
+            // PostgreSQL cannot store it in `text`; Cedar source never needs it.
+            return Err(GovError::invalid("the policy set holds a NUL character"));
+        }
         let candidate = PolicyEngine::compile(source, 0).map_err(GovError::Policies)?;
         if !Self::may_write_policies(&candidate, by) {
             return Err(GovError::invalid(
@@ -352,9 +356,18 @@ impl Governance {
     /// `POST /v1/policies/check`: a dry run of one decision with caller-supplied facts.
     pub async fn check(&self, req: CheckRequest) -> Result<Verdict, GovError> {
         let mut store = EntityStore::default();
-        let principal = match self.accounts.by_name(&req.principal).await? {
+        // A name outside the name rule names no account: answered without the database.
+        let account = if valid_name(&req.principal) {
+            self.accounts.by_name(&req.principal).await?
+        } else {
+            None
+        };
+        let principal = match account {
             Some(a) => store.service_account(&a.name, &a.roles, &a.attributes),
-            None => return Err(GovError::NotFound(format!("principal `{}`", req.principal))),
+            None if valid_name(&req.principal) => {
+                return Err(GovError::NotFound(format!("principal `{}`", req.principal)));
+            }
+            None => return Err(GovError::NotFound("principal".into())),
         };
         let resource = match (
             &req.resource.vault,
@@ -428,6 +441,11 @@ impl Governance {
         expires_in_seconds: u64,
         by: &str,
     ) -> Result<(Uuid, DateTime<Utc>), GovError> {
+        if !valid_name(principal) {
+            return Err(GovError::invalid(
+                "`principal` must be a service account name (^[a-z][a-z0-9_-]{0,62}$)",
+            ));
+        }
         if self.accounts.by_name(principal).await?.is_none() {
             return Err(GovError::invalid(format!(
                 "`principal`: no service account is named `{principal}`"
@@ -435,6 +453,15 @@ impl Governance {
         }
         if records.is_empty() || records.len() > 1000 {
             return Err(GovError::invalid("`records` must hold 1 to 1000 records"));
+        }
+        // Names outside the name rule and ids that are not UUIDs name nothing: refused here,
+        // without the database (which would refuse a NUL with an error, not a miss).
+        if let Some(i) = records.iter().position(|r| {
+            !valid_name(&r.vault) || !valid_name(&r.table) || Uuid::parse_str(&r.id).is_err()
+        }) {
+            return Err(GovError::invalid(format!(
+                "`records[{i}]` does not name a record of an existing vault and table"
+            )));
         }
         if expires_in_seconds == 0 || expires_in_seconds > 90 * 24 * 3600 {
             return Err(GovError::invalid(
