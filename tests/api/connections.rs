@@ -2043,6 +2043,8 @@ async fn path_tricks_never_reach_the_upstream() {
         "/v1/gateway/proxy//evil.example/x",
         "/v1/gateway/proxy/http://evil.example/x",
         "/v1/gateway/proxy/http:%2F%2Fevil.example/x",
+        "/v1/gateway/proxy/%25252e%25252e/admin",
+        "/v1/gateway/proxy/a%25252fb",
     ] {
         let (status, body) = raw_http(&app, "GET", target).await;
         assert_eq!(status, 400, "{target}: {body}");
@@ -2075,7 +2077,7 @@ async fn path_tricks_never_reach_the_upstream() {
         .into_iter()
         .filter(|e| e["status"] == 400)
         .count();
-    assert_eq!(refused, 11, "one audit event per refused call");
+    assert_eq!(refused, 13, "one audit event per refused call");
 }
 
 #[tokio::test]

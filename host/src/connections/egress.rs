@@ -17,8 +17,9 @@
 //!   checked when the base URL is validated; [`check_url_now`] also resolves names once for an
 //!   early, clear error at configuration time;
 //! - keeps the caller's path under the base URL's path ([`join_path`]): no dot segments (also
-//!   percent-encoded, also double-encoded), no encoded slashes or backslashes, no `//`, `@`,
-//!   control characters or other tricks that could change the host or climb out of the base path;
+//!   percent-encoded, also double- and triple-encoded), no encoded slashes or backslashes, no
+//!   `//`, `@`, control characters or other tricks that could change the host or climb out of
+//!   the base path;
 //! - builds HTTP clients that neither follow redirects nor use proxies ([`client_builder`]):
 //!   a redirect to an IP literal, or a proxy resolving names itself, would bypass the resolver.
 //!
@@ -551,8 +552,8 @@ async fn resolve_allowed(
 /// percent-encoded; `query` is the raw query string, without `?`. Ordinary escapes are kept as
 /// they are. The path may only use unreserved characters, sub-delimiters, `:` and
 /// percent-escapes; no segment may be `.` or `..`, or become one, or contain a slash, backslash
-/// or control character, once decoded (up to three times, for upstreams that decode twice); a
-/// `;` parameter does not hide a dot segment (`..;x`). Empty segments are refused except for
+/// or control character, once decoded (up to three times, for upstreams that decode more than
+/// once); a `;` parameter does not hide a dot segment (`..;x`). Empty segments are refused except for
 /// one trailing slash. The result always has the base's scheme, host and port, and a path
 /// under the base's path.
 pub fn join_path(base: &Url, path: &str, query: Option<&str>) -> Result<Url, EgressError> {
@@ -617,7 +618,8 @@ fn check_segment(segment: &str) -> Result<(), EgressError> {
         return Err(EgressError::Path(PathRule::Escape));
     }
     let mut current = bytes.to_vec();
-    for _ in 0..DECODE_ROUNDS {
+    // The raw segment, then each of its decodings: `DECODE_ROUNDS + 1` forms are checked.
+    for round in 0..=DECODE_ROUNDS {
         if current
             .iter()
             .any(|&b| b == b'/' || b == b'\\' || b.is_ascii_control())
@@ -627,6 +629,9 @@ fn check_segment(segment: &str) -> Result<(), EgressError> {
         let stem = current.split(|&b| b == b';').next().unwrap_or_default();
         if stem == b"." || stem == b".." {
             return Err(EgressError::Path(PathRule::DotSegment));
+        }
+        if round == DECODE_ROUNDS {
+            break;
         }
         let decoded: Vec<u8> = percent_decode(&current).collect();
         if decoded == current {
@@ -1020,12 +1025,16 @@ mod tests {
             (".%2e/admin", PathRule::DotSegment),
             ("%2e/admin", PathRule::DotSegment),
             ("%252e%252e/admin", PathRule::DotSegment),
+            ("%25252e%25252e/admin", PathRule::DotSegment),
+            ("%25252E./admin", PathRule::DotSegment),
             ("..;/admin", PathRule::DotSegment),
             ("..;jsessionid=1/admin", PathRule::DotSegment),
             ("a%2f..%2fadmin", PathRule::EncodedSeparator),
             ("a%2F..", PathRule::EncodedSeparator),
             ("a%5c..%5cadmin", PathRule::EncodedSeparator),
             ("a%255c", PathRule::EncodedSeparator),
+            ("a%25252fb", PathRule::EncodedSeparator),
+            ("a%25255cb", PathRule::EncodedSeparator),
             ("a%00b", PathRule::EncodedSeparator),
             ("a%0d%0aHost:%20evil", PathRule::EncodedSeparator),
             ("a\\..\\admin", PathRule::Character),
