@@ -262,12 +262,15 @@ impl Forbidden {
 }
 
 /// Cloud metadata endpoints: AWS, GCP, Azure, Oracle and others (`169.254.169.254`), AWS ECS
-/// task metadata, Oracle's legacy endpoint, Alibaba Cloud.
-const METADATA_V4: [Ipv4Addr; 4] = [
+/// task metadata, Oracle's legacy endpoint, Alibaba Cloud, and Azure's WireServer
+/// (`168.63.129.16`: a public-range address every Azure VM reaches as a platform endpoint that
+/// serves goal state and extension configuration).
+const METADATA_V4: [Ipv4Addr; 5] = [
     Ipv4Addr::new(169, 254, 169, 254),
     Ipv4Addr::new(169, 254, 170, 2),
     Ipv4Addr::new(192, 0, 0, 192),
     Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(168, 63, 129, 16),
 ];
 
 /// AWS's IPv6 metadata endpoint.
@@ -797,6 +800,8 @@ mod tests {
             ("169.254.170.2", Forbidden::Metadata),
             ("fd00:ec2::254", Forbidden::Metadata),
             ("100.100.100.200", Forbidden::Metadata),
+            ("168.63.129.16", Forbidden::Metadata),
+            ("::ffff:168.63.129.16", Forbidden::Metadata),
             ("100.64.0.1", Forbidden::SharedAddressSpace),
             ("100.127.255.255", Forbidden::SharedAddressSpace),
             ("224.0.0.1", Forbidden::Multicast),
@@ -822,6 +827,7 @@ mod tests {
             "1.1.1.1",
             "8.8.8.8",
             "172.32.0.1",
+            "168.63.129.17",
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
