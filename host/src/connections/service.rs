@@ -81,8 +81,59 @@ pub struct ConnectionService {
     pub(super) deps: Deps,
     pub(super) egress: Arc<EgressPolicy>,
     secrets_key: Key,
-    compiled: RwLock<HashMap<String, Arc<Compiled>>>,
+    compiled: VersionCache<Arc<Compiled>>,
     pub(super) limiter: RateLimiter,
+}
+
+/// The compiled versions by connection name, and a generation that every change bumps.
+///
+/// INVARIANT: a version read from the database before a change is never cached after it. A
+/// compile reads the database and awaits, so a `forget` (after an update, activation, delete or
+/// secret change) can land between its read and its insert; the insert then sees a newer
+/// generation and keeps nothing, instead of putting the stale version (or a deleted
+/// connection, or a rotated secret) back until the next change.
+pub(super) struct VersionCache<T> {
+    inner: RwLock<(HashMap<String, T>, u64)>,
+}
+
+impl<T: Clone> VersionCache<T> {
+    fn new() -> Self {
+        VersionCache {
+            inner: RwLock::new((HashMap::new(), 0)),
+        }
+    }
+
+    /// The cached entry, or the generation to hand to [`VersionCache::insert`] once the entry
+    /// has been built from what the database holds now.
+    fn get(&self, name: &str) -> Result<T, u64> {
+        match self.inner.read() {
+            Ok(c) => c.0.get(name).cloned().ok_or(c.1),
+            Err(_) => Err(u64::MAX),
+        }
+    }
+
+    /// Caches `value` unless something changed since [`VersionCache::get`] gave `generation`.
+    fn insert(&self, name: &str, value: T, generation: u64) {
+        if let Ok(mut c) = self.inner.write()
+            && c.1 == generation
+        {
+            c.0.insert(name.to_string(), value);
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut c) = self.inner.write() {
+            c.0.remove(name);
+            c.1 += 1;
+        }
+    }
+
+    fn forget_all(&self) {
+        if let Ok(mut c) = self.inner.write() {
+            c.0.clear();
+            c.1 += 1;
+        }
+    }
 }
 
 fn invalid(details: Vec<Detail>) -> ConnError {
@@ -103,7 +154,7 @@ impl ConnectionService {
             deps,
             egress: Arc::new(egress),
             secrets_key,
-            compiled: RwLock::default(),
+            compiled: VersionCache::new(),
             limiter: RateLimiter::default(),
         }
     }
@@ -609,22 +660,19 @@ impl ConnectionService {
     // ---- compiled versions ---------------------------------------------------------------
 
     fn forget(&self, name: &str) {
-        if let Ok(mut c) = self.compiled.write() {
-            c.remove(name);
-        }
+        self.compiled.forget(name);
     }
 
     fn forget_all(&self) {
-        if let Ok(mut c) = self.compiled.write() {
-            c.clear();
-        }
+        self.compiled.forget_all();
     }
 
     /// The active version of `name`, compiled (cached until the connection changes).
     pub(super) async fn active(&self, name: &str) -> Result<Arc<Compiled>, ConnError> {
-        if let Some(c) = self.compiled.read().ok().and_then(|m| m.get(name).cloned()) {
-            return Ok(c);
-        }
+        let generation = match self.compiled.get(name) {
+            Ok(c) => return Ok(c),
+            Err(generation) => generation,
+        };
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -639,9 +687,7 @@ impl ConnectionService {
         let config: ConnectionConfig = serde_json::from_value(row.get(1))
             .map_err(|_| ConnError::Internal("a stored connection does not parse".into()))?;
         let compiled = Arc::new(self.compile(version, config).await?);
-        if let Ok(mut c) = self.compiled.write() {
-            c.insert(name.to_string(), compiled.clone());
-        }
+        self.compiled.insert(name, compiled.clone(), generation);
         Ok(compiled)
     }
 
@@ -853,4 +899,36 @@ fn identity(cert: &str, key: &str) -> Option<()> {
 
 fn secret_aad(name: &str) -> Vec<u8> {
     [b"strongroom secret:".as_slice(), name.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forget_during_a_compile_keeps_the_stale_version_out_of_the_cache() {
+        let cache = VersionCache::new();
+        // a call misses and reads version 1 from the database...
+        let Err(generation) = cache.get("stripe") else {
+            unreachable!("empty cache")
+        };
+        // ...meanwhile the connection is updated (or deleted, or a secret rotated)...
+        cache.forget("stripe");
+        // ...and the call's compile finishes: it is served once but not cached.
+        cache.insert("stripe", 1, generation);
+        let Err(next) = cache.get("stripe") else {
+            unreachable!("the stale version was cached")
+        };
+        // the next call compiles what is current and keeps it
+        cache.insert("stripe", 2, next);
+        assert_eq!(cache.get("stripe"), Ok(2));
+        // forget_all (a secret changed) counts as a change for every name
+        let Err(generation) = cache.get("other") else {
+            unreachable!("empty")
+        };
+        cache.forget_all();
+        cache.insert("other", 7, generation);
+        assert!(cache.get("other").is_err());
+        assert!(cache.get("stripe").is_err());
+    }
 }
