@@ -48,30 +48,65 @@ impl Compiled {
     }
 }
 
-/// Fixed one-minute windows per (connection, client address), for public inbound routes.
+/// Fixed one-minute windows per (connection, client), for public inbound routes. A client is
+/// an IPv4 address or an IPv6 /64 (one subscriber's usual allocation, which it can rotate
+/// through freely); an IPv4-mapped IPv6 address counts as its IPv4 address.
 #[derive(Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<(String, std::net::IpAddr), (i64, u32)>>,
+    windows: Mutex<Windows>,
 }
+
+#[derive(Default)]
+struct Windows {
+    /// The minute every entry counts in; all of them start over when it changes.
+    minute: i64,
+    counts: HashMap<(String, std::net::IpAddr), u32>,
+}
+
+/// The most clients counted in one minute. A flood of distinct addresses fills the map at most
+/// this far; new clients are then refused until the minute ends, and no call ever walks it.
+const MAX_CLIENTS: usize = 100_000;
 
 impl RateLimiter {
     /// Counts a call; false when over `per_minute` in the current minute.
     pub fn allow(&self, connection: &str, addr: std::net::IpAddr, per_minute: u32) -> bool {
-        let minute = Utc::now().timestamp() / 60;
+        self.allow_at(Utc::now().timestamp() / 60, connection, addr, per_minute)
+    }
+
+    fn allow_at(
+        &self,
+        minute: i64,
+        connection: &str,
+        addr: std::net::IpAddr,
+        per_minute: u32,
+    ) -> bool {
         let Ok(mut w) = self.windows.lock() else {
             return false;
         };
-        if w.len() > 100_000 {
-            w.retain(|_, (m, _)| *m == minute);
+        if w.minute != minute {
+            w.minute = minute;
+            w.counts.clear();
         }
-        let entry = w
-            .entry((connection.to_string(), addr))
-            .or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
+        let key = (connection.to_string(), client_of(addr));
+        if w.counts.len() >= MAX_CLIENTS && !w.counts.contains_key(&key) {
+            return false;
         }
-        entry.1 += 1;
-        entry.1 <= per_minute
+        let count = w.counts.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count <= per_minute
+    }
+}
+
+/// The client a public route's limit counts: an IPv4 address, or an IPv6 address's /64.
+fn client_of(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !(u128::from(u64::MAX)),
+            )),
+        },
+        v4 => v4,
     }
 }
 
@@ -904,6 +939,11 @@ fn secret_aad(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or_else(|_| unreachable!("an address"))
+    }
 
     #[test]
     fn a_forget_during_a_compile_keeps_the_stale_version_out_of_the_cache() {
@@ -930,5 +970,41 @@ mod tests {
         cache.insert("other", 7, generation);
         assert!(cache.get("other").is_err());
         assert!(cache.get("stripe").is_err());
+    }
+
+    #[test]
+    fn rate_limit_groups_ipv6_by_64_and_mapped_ipv4_with_ipv4() {
+        let limiter = RateLimiter::default();
+        let allowed = (1..=61)
+            .filter(|i| limiter.allow_at(5, "signup", ip(&format!("2001:db8::{i:x}")), 60))
+            .count();
+        assert_eq!(allowed, 60, "one /64 is one client");
+        assert!(limiter.allow_at(5, "signup", ip("2001:db8:0:1::1"), 60));
+        assert!(!limiter.allow_at(5, "signup", ip("2001:db8::ffff:1"), 60));
+        assert!(
+            limiter.allow_at(5, "other", ip("2001:db8::1"), 60),
+            "per connection"
+        );
+        for _ in 0..2 {
+            assert!(limiter.allow_at(5, "signup", ip("192.0.2.1"), 3));
+        }
+        assert!(limiter.allow_at(5, "signup", ip("::ffff:192.0.2.1"), 3));
+        assert!(!limiter.allow_at(5, "signup", ip("192.0.2.1"), 3));
+        // a new minute starts over
+        assert!(limiter.allow_at(6, "signup", ip("192.0.2.1"), 3));
+        assert!(limiter.allow_at(6, "signup", ip("2001:db8::1"), 60));
+    }
+
+    #[test]
+    fn rate_limit_map_has_a_hard_cap() {
+        let limiter = RateLimiter::default();
+        for i in 0..MAX_CLIENTS as u32 {
+            assert!(limiter.allow_at(1, "c", IpAddr::V4(std::net::Ipv4Addr::from_bits(i)), 5));
+        }
+        // full: known clients keep counting, new ones wait for the next minute
+        assert!(limiter.allow_at(1, "c", IpAddr::V4(std::net::Ipv4Addr::from_bits(7)), 5));
+        assert!(!limiter.allow_at(1, "c", ip("198.51.100.1"), 5));
+        assert!(limiter.allow_at(2, "c", ip("198.51.100.1"), 5));
+        assert_eq!(limiter.windows.lock().map(|w| w.counts.len()).ok(), Some(1));
     }
 }
