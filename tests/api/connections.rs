@@ -2150,3 +2150,36 @@ async fn bodies_over_the_cap_and_redirects_are_not_carried() {
         .collect();
     assert_eq!(paths, vec!["/big".to_string(), "/moved".to_string()]);
 }
+
+// ---- 6. hardening ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secret_templates_with_spaces_are_filled_in() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    put_secret(&app, "api_key", "sk_spaced_value_1").await;
+    // a secret whose value looks like a template is sent as it is, never expanded
+    put_secret(&app, "tricky", "{{secret.signing}}").await;
+    put_secret(&app, "signing", "whsec_never_on_the_wire").await;
+    let mut config = simple_outbound("spaced", &upstream.base());
+    config["headers"] = json!({"authorization": "Bearer {{ secret.api_key }}",
+                              "x-tricky": "{{secret.tricky}}"});
+    create_connection(&app, config).await;
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/spaced/ping",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(
+        got.header("authorization"),
+        Some("Bearer sk_spaced_value_1")
+    );
+    assert_eq!(got.header("x-tricky"), Some("{{secret.signing}}"));
+    assert!(!got.all_text().contains("whsec_never_on_the_wire"));
+}

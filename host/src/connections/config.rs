@@ -291,8 +291,17 @@ pub fn valid_method(method: &str) -> bool {
             && method.bytes().all(|b| b.is_ascii_uppercase()))
 }
 
-/// The secret names a header value refers to as `{{secret.<name>}}`, or why it is malformed.
-pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
+/// One part of a configured header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Text(&'a str),
+    /// `{{secret.<name>}}`, also written with spaces inside the braces (`{{ secret.<name> }}`).
+    Secret(&'a str),
+}
+
+/// A header value split into its text and its secret references, or why it is malformed.
+/// Filling the parts in one pass means a secret's value is never read as a template itself.
+pub fn template_parts(value: &str) -> Result<Vec<TemplatePart<'_>>, &'static str> {
     let mut out = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find("{{") {
@@ -306,10 +315,27 @@ pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
         if !crate::vault::schema::valid_name(name) {
             return Err("refers to a secret name that is not ^[a-z][a-z0-9_-]{0,62}$");
         }
-        out.push(name);
+        if start > 0 {
+            out.push(TemplatePart::Text(&rest[..start]));
+        }
+        out.push(TemplatePart::Secret(name));
         rest = &after[end + 2..];
     }
+    if !rest.is_empty() {
+        out.push(TemplatePart::Text(rest));
+    }
     Ok(out)
+}
+
+/// The secret names a header value refers to as `{{secret.<name>}}`, or why it is malformed.
+pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
+    Ok(template_parts(value)?
+        .into_iter()
+        .filter_map(|part| match part {
+            TemplatePart::Secret(name) => Some(name),
+            TemplatePart::Text(_) => None,
+        })
+        .collect())
 }
 
 /// Checks what can be checked without the database; `fail(field, reason)` collects problems.
@@ -449,5 +475,35 @@ pub fn check_shape(c: &ConnectionConfig, mut fail: impl FnMut(String, String)) {
                 fail(format!("{at}.path"), e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_templates_split_into_text_and_secrets() {
+        use TemplatePart::{Secret, Text};
+        assert_eq!(
+            template_parts("Bearer {{secret.stripe_key}}"),
+            Ok(vec![Text("Bearer "), Secret("stripe_key")])
+        );
+        assert_eq!(
+            template_parts("Bearer {{ secret.stripe_key }}"),
+            Ok(vec![Text("Bearer "), Secret("stripe_key")])
+        );
+        assert_eq!(
+            template_parts("{{secret.a}}:{{secret.b}}!"),
+            Ok(vec![Secret("a"), Text(":"), Secret("b"), Text("!")])
+        );
+        assert_eq!(template_parts("plain"), Ok(vec![Text("plain")]));
+        assert_eq!(
+            secret_refs("{{ secret.a }} {{secret.b}}"),
+            Ok(vec!["a", "b"])
+        );
+        assert!(template_parts("{{secret.a").is_err());
+        assert!(template_parts("{{other.a}}").is_err());
+        assert!(template_parts("{{secret.Bad}}").is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! Connections as stored things: versions, validation against the vaults and functions they
 //! name, the secret store, inbound keys, and the compiled form the gateway runs.
 
-use super::config::{ConnectionConfig, Kind, Segment, parse_template, secret_refs};
+use super::config::{
+    ConnectionConfig, Kind, Segment, TemplatePart, parse_template, secret_refs, template_parts,
+};
 use super::egress::{self, EgressPolicy};
 use super::locations::Selector;
 use super::{ConnError, Deps};
@@ -872,11 +874,26 @@ fn header_with_secrets(
     template: &str,
     secrets: &HashMap<String, Zeroizing<String>>,
 ) -> Result<(http::HeaderName, http::HeaderValue), ConnError> {
-    let mut value = Zeroizing::new(template.to_string());
-    for (secret, plain) in secrets {
-        let needle = format!("{{{{secret.{secret}}}}}");
-        if value.contains(&needle) {
-            *value = value.replace(&needle, plain.as_str());
+    let parts = template_parts(template)
+        .map_err(|_| ConnError::Internal(format!("stored connection: header `{name}`")))?;
+    // Sized up front: a growing buffer would leave copies of a secret behind, unzeroed.
+    let len = parts
+        .iter()
+        .map(|part| match part {
+            TemplatePart::Text(text) => text.len(),
+            TemplatePart::Secret(secret) => secrets.get(*secret).map_or(0, |v| v.len()),
+        })
+        .sum();
+    let mut value = Zeroizing::new(String::with_capacity(len));
+    for part in parts {
+        match part {
+            TemplatePart::Text(text) => value.push_str(text),
+            TemplatePart::Secret(secret) => {
+                let plain = secrets.get(secret).ok_or_else(|| {
+                    ConnError::Internal(format!("stored connection: secret of header `{name}`"))
+                })?;
+                value.push_str(plain);
+            }
         }
     }
     let (Ok(header), Ok(mut value)) = (
@@ -970,6 +987,30 @@ mod tests {
         cache.insert("other", 7, generation);
         assert!(cache.get("other").is_err());
         assert!(cache.get("stripe").is_err());
+    }
+
+    #[test]
+    fn secrets_fill_header_templates_in_one_pass() {
+        let secrets: HashMap<String, Zeroizing<String>> =
+            [("a", "{{secret.b}}"), ("b", "signing-secret-value")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
+                .collect();
+        let filled = |template: &str| {
+            header_with_secrets("authorization", template, &secrets)
+                .map(|(_, v)| v.to_str().map(str::to_string).unwrap_or_default())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            filled("Bearer {{ secret.b }}").as_deref(),
+            Ok("Bearer signing-secret-value")
+        );
+        // a secret's value is text, never a template: `a` does not expand `b`
+        assert_eq!(filled("k={{secret.a}};").as_deref(), Ok("k={{secret.b}};"));
+        assert_eq!(
+            filled("{{secret.b}}/{{ secret.a}}").as_deref(),
+            Ok("signing-secret-value/{{secret.b}}")
+        );
     }
 
     #[test]
