@@ -2183,3 +2183,111 @@ async fn secret_templates_with_spaces_are_filled_in() {
     assert_eq!(got.header("x-tricky"), Some("{{secret.signing}}"));
     assert!(!got.all_text().contains("whsec_never_on_the_wire"));
 }
+
+#[tokio::test]
+async fn encoded_echoes_of_revealed_values_are_blocked() {
+    const ODD_NAME: &str = "José Núñez/O'Brien";
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    let odd = insert(&app, "payments", "customers", json!({"name": ODD_NAME})).await;
+    put_secret(&app, "stripe_key", "sk_test_x").await;
+    set_policies(&app, &connection_policies("stripe")).await;
+    create_connection(&app, stripe_config(&format!("{}/base", upstream.base()))).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+    let charge = |name_token: String| {
+        let app = &app;
+        let checkout = &checkout;
+        let p = &p;
+        async move {
+            send(
+                app,
+                Some(checkout),
+                Method::POST,
+                &format!("/v1/gateway/stripe/v1/charges?customer={name_token}"),
+                &[("x-customer-name", &token(&p.ada, "name"))],
+                Some((
+                    "application/json",
+                    json!({"amount": 1}).to_string().into_bytes(),
+                )),
+            )
+            .await
+        }
+    };
+
+    // the gateway sent `customer=Grace%20Hopper`; echoes of it in every usual spelling
+    for reply in [
+        Reply::json(201, json!({"next": "/v1/charges?customer=Grace%20Hopper"})),
+        Reply::text(302, "").header("location", "/v1/charges?customer=Grace+Hopper"),
+        Reply::json(
+            400,
+            json!({"url": "/v1/charges?customer=grace%20hopper&customer=Grace%20Hopper"}),
+        ),
+        Reply::json_text(200, r#"{"next":"\/v1\/charges?customer=Grace%20Hopper"}"#),
+        // the detokenized header, re-escaped by the upstream's JSON encoder
+        Reply::json_text(200, r#"{"customer":"Ada\u0020Lovelace"}"#),
+        Reply::json_text(200, r#"{"customer":"\u0041da Lovelace"}"#),
+    ] {
+        upstream.reply_on("/base/v1/charges", reply.clone());
+        let a = charge(token(&p.grace, "name")).await;
+        a.assert_blocked(GRACE_NAME);
+        for encoded in ["Grace%20Hopper", "Grace+Hopper", "Ada\\u0020Lovelace"] {
+            assert!(!a.text().contains(encoded), "{reply:?}: {}", a.text());
+        }
+    }
+    // non-ASCII and reserved characters: upper and lower hex, `\u` escapes, PHP's `\/`
+    for echoed in [
+        "Jos%C3%A9%20N%C3%BA%C3%B1ez%2FO%27Brien",
+        "Jos%c3%a9+N%c3%ba%c3%b1ez%2fO%27Brien",
+        "Jos%c3%a9%20N%C3%BA%c3%b1ez/O'Brien",
+    ] {
+        upstream.reply_on(
+            "/base/v1/charges",
+            Reply::json(200, json!({ "next": format!("?customer={echoed}") })),
+        );
+        charge(token(&odd, "name")).await.assert_blocked(ODD_NAME);
+    }
+    for escaped in [
+        r#"{"customer":"Jos\u00e9 N\u00fa\u00f1ez\/O'Brien"}"#,
+        r#"{"customer":"Jos\u00E9 N\u00FA\u00F1ez/O\u0027Brien"}"#,
+    ] {
+        upstream.reply_on("/base/v1/charges", Reply::json_text(200, escaped));
+        charge(token(&odd, "name")).await.assert_blocked(ODD_NAME);
+    }
+    // a form value the gateway percent-encoded (`ada%40example.test`), echoed back
+    upstream.reply_on(
+        "/base/v1/tokens",
+        Reply::text(200, "created for ada%40example.test"),
+    );
+    let form = format!("card[number]={}", token(&p.ada, "email"));
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/tokens",
+        &[],
+        Some(("application/x-www-form-urlencoded", form.into_bytes())),
+    )
+    .await;
+    a.assert_blocked(ADA_EMAIL);
+    assert!(!a.text().contains("ada%40example.test"), "{}", a.text());
+    assert_eq!(
+        upstream
+            .last()
+            .form()
+            .get("card[number]")
+            .map(String::as_str),
+        Some(ADA_EMAIL)
+    );
+    // a reply with escapes but none of the values passes
+    upstream.reply_on(
+        "/base/v1/charges",
+        Reply::json_text(
+            201,
+            r#"{"next":"\/v1\/charges?customer=Someone%20Else\u0021"}"#,
+        ),
+    );
+    let a = charge(token(&p.grace, "name")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_audit_has_no_plaintext(&app, &[GRACE_NAME, ADA_NAME, ODD_NAME, ADA_EMAIL]).await;
+}

@@ -168,21 +168,119 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bo
         text.push_str(k.as_str());
         text.push_str(&String::from_utf8_lossy(v.as_bytes()));
     }
-    holds_revealed(&text, revealed)
+    reveals(&text, revealed)
+}
+
+/// Whether `text` holds a revealed value as it is, or in the encodings an echo hands it back
+/// in: JSON-escaped (`\"`, `\/`, `\u00e9`, `\u0020`, surrogate pairs) and percent-encoded (the
+/// gateway's own `%20` and `%40` in query and form values, `+` for spaces, either hex case),
+/// also one inside the other (a URL in a JSON string). The text is decoded, not the values
+/// encoded, so any mix of escaped and literal characters is found. Only values with a
+/// character that an encoder rewrites can hide this way, so for the others (digits, tokens)
+/// and for text without `\`, `%` or `+` nothing more is done. Derived forms (base64,
+/// re-cased, reversed, split, reformatted) are out of scope.
+pub(super) fn reveals(text: &str, revealed: &[Zeroizing<String>]) -> bool {
+    if holds_revealed(text, revealed) {
+        return true;
+    }
+    let encodable = |b: u8| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'));
+    if !revealed.iter().any(|v| v.bytes().any(encodable)) {
+        return false;
+    }
+    let unescaped = text.contains('\\').then(|| json_unescape(text));
+    if let Some(u) = &unescaped
+        && holds_revealed(u, revealed)
+    {
+        return true;
+    }
+    let text = unescaped.as_deref().unwrap_or(text);
+    if !text.contains(['%', '+']) {
+        return false;
+    }
+    let spaced = text.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+    holds_revealed(&decoded, revealed)
+}
+
+/// `text` with its JSON string escapes decoded; anything that is not a valid escape is kept.
+fn json_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (decoded, used) = match after.as_bytes().first() {
+            Some(b'"') => (Some('"'), 1),
+            Some(b'\\') => (Some('\\'), 1),
+            Some(b'/') => (Some('/'), 1),
+            Some(b'b') => (Some('\u{8}'), 1),
+            Some(b'f') => (Some('\u{c}'), 1),
+            Some(b'n') => (Some('\n'), 1),
+            Some(b'r') => (Some('\r'), 1),
+            Some(b't') => (Some('\t'), 1),
+            Some(b'u') => match hex4(&after[1..]) {
+                Some(high @ 0xD800..=0xDBFF) => match after[5..]
+                    .strip_prefix("\\u")
+                    .and_then(hex4)
+                    .filter(|low| (0xDC00..=0xDFFF).contains(low))
+                {
+                    Some(low) => (
+                        char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)),
+                        11,
+                    ),
+                    None => (Some(char::REPLACEMENT_CHARACTER), 5),
+                },
+                Some(unit) => (
+                    Some(char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER)),
+                    5,
+                ),
+                None => (None, 0),
+            },
+            _ => (None, 0),
+        };
+        match decoded {
+            Some(c) => out.push(c),
+            None => out.push('\\'),
+        }
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of four hex digits at the start of `s`.
+fn hex4(s: &str) -> Option<u32> {
+    let digits = s.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// The call's answer when the reply would carry a revealed value back: counted in the audit
+/// event and logged (who, which connection and route; never the value), since a caller who
+/// can make the upstream echo a field of its choice can use this answer to confirm a guess.
+fn egress_blocked(message: &'static str) -> ConnError {
+    audit::note(|e| {
+        e.count("egress_blocked", 1);
+        tracing::warn!(
+            request_id = %e.request_id,
+            principal = e.principal.as_deref().unwrap_or("-"),
+            connection = e.connection.as_deref().unwrap_or("-"),
+            "egress_blocked: the reply held a value revealed for the call"
+        );
+    });
+    ConnError::call(StatusCode::BAD_GATEWAY, "egress_blocked", message)
 }
 
 impl ConnectionService {
-    fn route<'c>(
-        &self,
-        conn: &'c Compiled,
-        method: &Method,
-        raw_path: &str,
-    ) -> Result<&'c CompiledRoute, ConnError> {
-        let route = conn
+    /// The route of `conn` for this method and (normalised) path: its position in `routes`.
+    fn route(conn: &Compiled, method: &Method, path: &str) -> Result<usize, ConnError> {
+        let at = conn
             .routes
             .iter()
-            .find(|r| {
-                r.method.as_ref().is_none_or(|m| m == method) && matches(&r.template, raw_path)
+            .position(|r| {
+                r.method.as_ref().is_none_or(|m| m == method) && matches(&r.template, path)
             })
             .ok_or_else(|| {
                 ConnError::Vault(VaultError::NotFound(format!(
@@ -230,7 +328,7 @@ impl ConnectionService {
             };
             // A guest's message is its own text: it must not carry what it revealed, and its
             // internal failures are logged, not shown.
-            let hidden = f.message.starts_with("internal") || holds_revealed(&f.message, revealed);
+            let hidden = f.message.starts_with("internal") || reveals(&f.message, revealed);
             let message = if hidden {
                 format!("the function `{name}` failed ({})", f.kind)
             } else {
@@ -618,10 +716,7 @@ impl ConnectionService {
 
         // 7. Nothing revealed goes back.
         if leaks(&resp.headers, &resp.body, &revealed) {
-            audit::note(|e| e.count("egress_blocked", 1));
-            return Err(ConnError::call(
-                StatusCode::BAD_GATEWAY,
-                "egress_blocked",
+            return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller; tokenize it in the route's response rules",
             ));
         }
@@ -777,10 +872,7 @@ impl ConnectionService {
         Self::add_configured_headers(&conn, &mut headers, &mut revealed);
         let resp = self.forward(&conn, method, url, headers, body).await?;
         if leaks(&resp.headers, &resp.body, &revealed) {
-            audit::note(|e| e.count("egress_blocked", 1));
-            return Err(ConnError::call(
-                StatusCode::BAD_GATEWAY,
-                "egress_blocked",
+            return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller",
             ));
         }
@@ -849,4 +941,67 @@ fn upstream_failure(e: &reqwest::Error) -> ConnError {
             "the upstream's reply could not be read"
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revealed(values: &[&str]) -> Vec<Zeroizing<String>> {
+        values
+            .iter()
+            .map(|v| Zeroizing::new(v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn leak_check_sees_the_encodings_an_echo_uses() {
+        let values = revealed(&[
+            "Grace Hopper",
+            "ada@example.test",
+            "José/Ñ",
+            "4242424242424242",
+        ]);
+        for text in [
+            "Grace Hopper",
+            "?customer=Grace%20Hopper",
+            "?customer=Grace+Hopper",
+            r#"{"c":"Grace\u0020Hopper"}"#,
+            r#"{"c":"\u0047race Hopper"}"#,
+            "ada%40example.test",
+            "ada%40example%2Etest",
+            r#"{"next":"\/x?e=ada%40example.test"}"#,
+            "Jos%C3%A9%2F%C3%91",
+            "Jos%c3%a9%2f%c3%91",
+            r#""Jos\u00e9\/\u00d1""#,
+            r#""Jos\u00E9/\u00D1""#,
+            "4242424242424242",
+        ] {
+            assert!(reveals(text, &values), "{text}");
+        }
+        for text in [
+            "Grace Hoppe",
+            "Grace%2BHopper",
+            "GRACE%20HOPPER",
+            "ada%41example.test",
+            r#""Grace\u00"#,
+            "%",
+            "\\",
+        ] {
+            assert!(!reveals(text, &values), "{text}");
+        }
+        // values no encoder rewrites are only looked for as they are
+        let digits = revealed(&["4242424242424242"]);
+        assert!(!reveals(&"%34%32".repeat(8), &digits));
+    }
+
+    #[test]
+    fn json_unescape_decodes_escapes_and_keeps_the_rest() {
+        assert_eq!(
+            json_unescape(r#"a\"b\\c\/d\n\u00e9\ud83d\ude00\x\u12"#),
+            "a\"b\\c/d\né\u{1F600}\\x\\u12"
+        );
+        assert_eq!(json_unescape(r"\ud83d lone"), "\u{FFFD} lone");
+        assert_eq!(json_unescape("end\\"), "end\\");
+    }
 }
