@@ -2291,3 +2291,52 @@ async fn encoded_echoes_of_revealed_values_are_blocked() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
     assert_audit_has_no_plaintext(&app, &[GRACE_NAME, ADA_NAME, ODD_NAME, ADA_EMAIL]).await;
 }
+
+#[tokio::test]
+async fn a_tokenize_rule_whose_column_is_gone_is_a_502_naming_no_vault() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(200, json!({"email": "x@example.test"})));
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "scratch", "tables": [{"name": "people", "columns": [
+                {"name": "email", "type": "email"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rule = json!([{"location": "body", "path": "$.email",
+                       "vault": "scratch", "table": "people", "column": "email"}]);
+    create_connection(
+        &app,
+        json!({"name": "out", "kind": "outbound", "base_url": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "response": {"tokenize": rule}}]}),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "in", "kind": "inbound", "upstream": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "public": true,
+                           "request": {"tokenize": rule}}]}),
+    )
+    .await;
+    let (status, _) = app.delete("/v1/vaults/scratch").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let body = json!({"email": "client@example.test"});
+    for path in ["/v1/gateway/out/r", "/v1/inbound/in/r"] {
+        let a = send_json(&app, Some(ADMIN_KEY), Method::POST, path, &body).await;
+        let answer = a.json();
+        assert_error(a.status, &answer, StatusCode::BAD_GATEWAY, "upstream_error");
+        assert!(
+            !a.text().contains("scratch") && !a.text().contains("people"),
+            "{path}: {answer}"
+        );
+        assert!(!a.text().contains("example.test"), "{path}: {answer}");
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "the inbound request is not forwarded untokenized"
+    );
+}

@@ -307,15 +307,7 @@ impl ConnectionService {
             .functions
             .transform(name, hook, message, purpose)
             .await
-            .map_err(|e| match e {
-                crate::functions::FunctionsError::NotFound(what) => ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "function_error",
-                    format!("the route's {what} is not available"),
-                ),
-                crate::functions::FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
-                other => ConnError::Internal(other.to_string()),
-            })?;
+            .map_err(|e| function_failure(name, e))?;
         audit::note(|e| e.count("function_us", t.duration_us));
         revealed.extend(t.revealed);
         t.result.map_err(|f| {
@@ -518,35 +510,7 @@ impl ConnectionService {
                 .vault
                 .tokenize(&rule.vault, &rule.table, &rule.column, values, &gate)
                 .await
-                .map_err(|e| {
-                    let (status, code) = if reply {
-                        (StatusCode::BAD_GATEWAY, "upstream_error")
-                    } else {
-                        (StatusCode::BAD_REQUEST, "invalid_request")
-                    };
-                    match e {
-                        VaultError::Invalid { details, .. } => ConnError::call(
-                            status,
-                            code,
-                            format!(
-                                "`{location}` is not a valid value for {}/{}/{}: {}",
-                                rule.vault,
-                                rule.table,
-                                rule.column,
-                                details.first().map_or("invalid", |d| d.reason.as_str())
-                            ),
-                        ),
-                        VaultError::Forbidden { .. } => ConnError::call(
-                            StatusCode::FORBIDDEN,
-                            "forbidden",
-                            format!(
-                                "`{location}`: the connection's policies do not allow tokenizing into {}/{}/{}",
-                                rule.vault, rule.table, rule.column
-                            ),
-                        ),
-                        other => ConnError::Vault(other),
-                    }
-                })?;
+                .map_err(|e| tokenize_failure(e, &location, rule, reply))?;
             for (i, t) in members.iter().zip(issued) {
                 tokens[*i] = Some(t);
             }
@@ -880,6 +844,81 @@ impl ConnectionService {
     }
 }
 
+/// A function that could not run to its end is the call's 502 (never a 500): not there, did
+/// not stop in time, or its task failed. The reason is logged; a database failure is the
+/// database's answer.
+fn function_failure(name: &str, e: crate::functions::FunctionsError) -> ConnError {
+    use crate::functions::FunctionsError;
+    match e {
+        FunctionsError::NotFound(what) => ConnError::call(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!("the route's {what} is not available"),
+        ),
+        FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
+        other => {
+            tracing::warn!(function = name, reason = %other, "a connection's function did not complete");
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "function_error",
+                format!("the function `{name}` did not complete"),
+            )
+        }
+    }
+}
+
+/// A tokenize rule's failure as the caller sees it. `reply`: the value is the upstream's (502);
+/// otherwise it is an inbound client's, and that client may be anyone, so the message names
+/// the location but never the vault, table or column behind it. A rule whose column is gone
+/// (dropped after the connection was configured) is the connection's fault: 502, logged.
+fn tokenize_failure(
+    e: VaultError,
+    location: &str,
+    rule: &super::config::TokenizeRule,
+    reply: bool,
+) -> ConnError {
+    let column = format!("{}/{}/{}", rule.vault, rule.table, rule.column);
+    let into = if reply { column.as_str() } else { "its column" };
+    match e {
+        VaultError::Invalid { details, .. } => {
+            let (status, code) = if reply {
+                (StatusCode::BAD_GATEWAY, "upstream_error")
+            } else {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            };
+            ConnError::call(
+                status,
+                code,
+                format!(
+                    "`{location}` is not a valid value for {into}: {}",
+                    details.first().map_or("invalid", |d| d.reason.as_str())
+                ),
+            )
+        }
+        VaultError::Forbidden { .. } => ConnError::call(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("`{location}`: the connection's policies do not allow tokenizing into {into}"),
+        ),
+        VaultError::NotFound(what) => {
+            tracing::warn!(column = %column, missing = %what, "a connection's tokenize rule points at a column that is gone");
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!(
+                    "`{location}`: the route's tokenize rule cannot be applied; its column is gone"
+                ),
+            )
+        }
+        VaultError::Conflict { .. } if !reply => ConnError::call(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{location}`: this value is already taken"),
+        ),
+        other => ConnError::Vault(other),
+    }
+}
+
 /// Refuses a body over the connection's cap.
 fn check_body(conn: &Compiled, body: &[u8]) -> Result<(), ConnError> {
     if body.len() > conn.config.max_body_bytes {
@@ -1003,5 +1042,28 @@ mod tests {
         );
         assert_eq!(json_unescape(r"\ud83d lone"), "\u{FFFD} lone");
         assert_eq!(json_unescape("end\\"), "end\\");
+    }
+
+    #[test]
+    fn functions_that_do_not_complete_are_502_never_500() {
+        use crate::functions::FunctionsError;
+        for e in [
+            FunctionsError::Internal("the invocation did not stop in time".into()),
+            FunctionsError::Internal("the invocation failed".into()),
+            FunctionsError::Invalid("x".into()),
+            FunctionsError::NotFound("function `f`".into()),
+        ] {
+            match function_failure("f", e) {
+                ConnError::Upstream {
+                    status,
+                    code,
+                    message,
+                } => {
+                    assert_eq!((status, code), (StatusCode::BAD_GATEWAY, "function_error"));
+                    assert!(!message.contains("invocation"), "{message}");
+                }
+                other => unreachable!("{other:?}"),
+            }
+        }
     }
 }
