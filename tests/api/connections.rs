@@ -2340,3 +2340,80 @@ async fn a_tokenize_rule_whose_column_is_gone_is_a_502_naming_no_vault() {
         "the inbound request is not forwarded untokenized"
     );
 }
+
+/// Writes `head` (request line and headers, without the blank line) and `body` to a bare TCP
+/// socket and reads one answer, waiting at most `wait`: the status and the body as JSON (or
+/// text), or `None` when no complete answer came in time.
+async fn raw_exchange(
+    app: &TestApp,
+    head: &str,
+    body: &[u8],
+    wait: Duration,
+) -> Option<(u16, Value)> {
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut request = format!("{head}\r\nHost: {addr}\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(wait)).unwrap();
+        stream.write_all(&request).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while started.elapsed() < wait {
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                if length.is_some_and(|len| rest.len() >= len) {
+                    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                    let json = serde_json::from_str(rest).unwrap_or(Value::String(rest.into()));
+                    return Some((status, json));
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn inbound_clients_cannot_choose_hop_or_address_headers() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    create_connection(
+        &app,
+        json!({"name": "site", "kind": "inbound", "upstream": upstream.base(),
+            "routes": [{"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+    )
+    .await;
+    let head = "GET /v1/inbound/site/page HTTP/1.1\r\nConnection: close, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https";
+    let answer = raw_exchange(&app, head, b"", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_ref().map(|(s, _)| *s), Some(200), "{answer:?}");
+    let got = upstream.last();
+    let text = got.headers_text();
+    assert!(got.header("x-hop").is_none(), "{text}");
+    assert_eq!(got.header("x-kept"), Some("2"), "{text}");
+    assert!(
+        !text.contains("6.6.6.6") && !text.contains("evil.example"),
+        "{text}"
+    );
+    assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"), "{text}");
+    for claim in [
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        assert!(got.header(claim).is_none(), "{claim}: {text}");
+    }
+}

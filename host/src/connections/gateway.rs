@@ -67,18 +67,39 @@ pub fn is_reserved_header(name: &str) -> bool {
         || name.starts_with("x-strongroom-")
 }
 
-/// The caller's headers minus what must not travel on: its credentials, the hop's headers,
-/// our own, and the length (recomputed).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
+/// Headers that ask the upstream to treat a request as another method: the route was matched,
+/// and its rules chosen, for the method the gateway saw.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// What an inbound client says about where it connects from; an upstream that trusts its peer
+/// (the gateway) would believe it. The gateway sets `x-forwarded-for` itself.
+const CLIENT_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// `headers` minus the hop's (the hop-by-hop ones and those the `Connection` header names,
+/// RFC 9110 §7.6.1) and those `dropped` names.
+fn without_hop(headers: &HeaderMap, dropped: impl Fn(&str) -> bool) -> HeaderMap {
+    let connection = headers.get_all(header::CONNECTION);
+    let named = |n: &str| {
+        connection.iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+        })
+    };
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if is_reserved_header(n)
-            || n == "authorization"
-            || n == "cookie"
-            || n == "x-request-id"
-            || n == "accept-encoding"
-        {
+        if HOP_BY_HOP.contains(&n) || dropped(n) || named(n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -86,17 +107,24 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The caller's headers minus what must not travel on: its credentials, the hop's headers,
+/// our own, the length (recomputed), method overrides and, from an inbound client, its claims
+/// about where it connects from.
+fn forwardable(headers: &HeaderMap, inbound: bool) -> HeaderMap {
+    without_hop(headers, |n| {
+        is_reserved_header(n)
+            || matches!(
+                n,
+                "authorization" | "cookie" | "x-request-id" | "accept-encoding"
+            )
+            || METHOD_OVERRIDES.contains(&n)
+            || (inbound && CLIENT_CLAIMS.contains(&n))
+    })
+}
+
 /// The upstream's headers minus the hop's and the length.
 fn returnable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "content-length" {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+    without_hop(headers, |n| n == "content-length")
 }
 
 /// The connection's principal in Cedar: `Connection::"<name>"`, role `connection`.
@@ -586,7 +614,7 @@ impl ConnectionService {
         let route = self.route(&conn, &req.method, &req.raw_path)?;
         let config = conn.route(route.index);
         check_body(&conn, &req.body)?;
-        let mut headers = forwardable(&req.headers);
+        let mut headers = forwardable(&req.headers, false);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
         let mut revealed: Vec<Zeroizing<String>> = Vec::new();
@@ -713,7 +741,7 @@ impl ConnectionService {
                 "the function returned an invalid method",
             )
         })?;
-        let headers = forwardable(&from_wit_headers(&out.headers)?);
+        let headers = forwardable(&from_wit_headers(&out.headers)?, false);
         Ok((method, url, headers, out.body))
     }
 
@@ -792,7 +820,7 @@ impl ConnectionService {
             }
         }
         check_body(&conn, &req.body)?;
-        let mut headers = forwardable(&req.headers);
+        let mut headers = forwardable(&req.headers, true);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
         if !route.tokenize_request.is_empty() {
@@ -824,6 +852,14 @@ impl ConnectionService {
             HeaderValue::from_str(name)
                 .map_err(|_| ConnError::Internal("connection name".into()))?,
         );
+        // The peer the gateway saw (a load balancer's address behind one), never the client's
+        // own claim.
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_str(&client.to_string())
+                .map_err(|_| ConnError::Internal("client address".into()))?,
+        );
+
         if let Some(key) = &conn.signing_key {
             let t = chrono::Utc::now().timestamp();
             let signature = sign(key.as_bytes(), t, &body);
@@ -1042,6 +1078,38 @@ mod tests {
         );
         assert_eq!(json_unescape(r"\ud83d lone"), "\u{FFFD} lone");
         assert_eq!(json_unescape("end\\"), "end\\");
+    }
+
+    #[test]
+    fn headers_named_by_connection_stay_on_the_hop_both_ways() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close, X-Hop"),
+            ("x-hop", "1"),
+            ("x-kept", "2"),
+            ("keep-alive", "timeout=5"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("content-length", "3"),
+        ] {
+            headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let names = |h: &HeaderMap| h.keys().map(|k| k.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&forwardable(&headers, true)), ["x-kept"]);
+        assert_eq!(
+            names(&forwardable(&headers, false)),
+            ["x-kept", "x-forwarded-for", "forwarded"]
+        );
+        assert_eq!(
+            names(&returnable(&headers)),
+            [
+                "x-kept",
+                "x-http-method-override",
+                "x-forwarded-for",
+                "forwarded"
+            ]
+        );
     }
 
     #[test]
