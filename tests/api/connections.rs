@@ -2417,3 +2417,96 @@ async fn inbound_clients_cannot_choose_hop_or_address_headers() {
         assert!(got.header(claim).is_none(), "{claim}: {text}");
     }
 }
+
+#[tokio::test]
+async fn route_matching_reads_paths_as_loosely_as_upstreams_do() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    set_policies(&app, &connection_policies("site")).await;
+    let created = create_connection(
+        &app,
+        json!({"name": "site", "kind": "inbound", "upstream": format!("{}/app", upstream.base()),
+            "routes": [
+                {"name": "signup", "method": "POST", "path": "/signup",
+                 "request": {"tokenize": [{"location": "body", "path": "$.card",
+                    "vault": "payments", "table": "customers", "column": "card_number"}]}},
+                {"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let card = json!({"card": NEO_CARD});
+
+    // spellings an upstream reads as /signup take the private route: no key, no call
+    for path in [
+        "/signup/",
+        "/sign%75p",
+        "/%73ignup",
+        "/signup;x",
+        "/SignUp",
+        "/sign%2575p",
+    ] {
+        let a = send_json(
+            &app,
+            None,
+            Method::POST,
+            &format!("/v1/inbound/site{path}"),
+            &card,
+        )
+        .await;
+        assert_error(
+            a.status,
+            &a.json(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
+        assert_eq!(
+            upstream.count(),
+            0,
+            "{path} reached the upstream: {:?}",
+            upstream.received()
+        );
+    }
+    // with the key, the card is tokenized, and the path goes on normalised
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/site/sign%75p",
+        &card,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.path(), "/app/signup");
+    assert!(!got.all_text().contains(NEO_CARD), "{}", got.all_text());
+
+    // a public route is called as the method the gateway saw: overrides are not forwarded
+    let a = send(
+        &app,
+        None,
+        Method::GET,
+        "/v1/inbound/site/about",
+        &[
+            ("x-http-method-override", "POST"),
+            ("x-http-method", "POST"),
+            ("x-method-override", "POST"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.method, "GET");
+    assert!(
+        !got.headers_text().contains("override"),
+        "{}",
+        got.headers_text()
+    );
+    assert!(
+        got.header("x-http-method").is_none(),
+        "{}",
+        got.headers_text()
+    );
+    assert_audit_has_no_plaintext(&app, &[NEO_CARD]).await;
+}

@@ -42,7 +42,7 @@ const ALLOW_HTTP_HOSTS: &str = "STRONGROOM_EGRESS_ALLOW_HTTP_HOSTS";
 
 /// How many times a path segment is percent-decoded when looking for hidden dots and slashes,
 /// for upstreams that decode more than once.
-const DECODE_ROUNDS: usize = 3;
+pub(super) const DECODE_ROUNDS: usize = 3;
 
 /// The operator's exceptions to the default egress rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! sign and forward; return the upstream's reply.
 
 use super::ConnError;
-use super::config::{Kind, matches};
+use super::config::{Kind, matches, normalise_path};
 use super::egress;
 use super::locations::{self, Found, Message, Selector};
 use super::service::{Compiled, CompiledRoute, ConnectionService};
@@ -611,7 +611,8 @@ impl ConnectionService {
         if conn.config.kind != Kind::Outbound {
             return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
         }
-        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let path = normalise_path(&req.raw_path);
+        let route = self.route(&conn, &req.method, &path)?;
         let config = conn.route(route.index);
         check_body(&conn, &req.body)?;
         let mut headers = forwardable(&req.headers, false);
@@ -646,7 +647,7 @@ impl ConnectionService {
         }
 
         // 2. Where it goes (the caller's path may not leave the base URL).
-        let mut url = target(&conn, &req.raw_path, query)?;
+        let mut url = target(&conn, &path, query)?;
         let mut method = req.method;
 
         // 3. The request function.
@@ -791,7 +792,8 @@ impl ConnectionService {
         if conn.config.kind != Kind::Inbound {
             return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
         }
-        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let path = normalise_path(&req.raw_path);
+        let route = self.route(&conn, &req.method, &path)?;
         let config = conn.route(route.index);
         audit::note(|e| {
             e.action = "inbound_connection".into();
@@ -839,7 +841,7 @@ impl ConnectionService {
             )
             .await?;
         }
-        let mut url = target(&conn, &req.raw_path, query)?;
+        let mut url = target(&conn, &path, query)?;
         let mut method = req.method;
         let mut revealed = Vec::new();
         if let Some(f) = &config.request.function {
