@@ -2510,3 +2510,92 @@ async fn route_matching_reads_paths_as_loosely_as_upstreams_do() {
     );
     assert_audit_has_no_plaintext(&app, &[NEO_CARD]).await;
 }
+
+#[tokio::test]
+async fn bodies_are_not_read_before_the_call_is_admitted() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let created = create_connection(
+        &app,
+        json!({"name": "capped", "kind": "inbound", "upstream": upstream.base(),
+            "max_body_bytes": 1024,
+            "routes": [{"name": "private", "method": "POST", "path": "/private"},
+                       {"name": "open", "method": "POST", "path": "/open", "public": true}]}),
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let mut outbound = proxy_config("proxy", &upstream.base(), 5000);
+    outbound["max_body_bytes"] = json!(1024);
+    create_connection(&app, outbound).await;
+
+    // only the headers are sent, announcing 30 MB: the answer comes at once
+    let wait = Duration::from_secs(5);
+    let big = "Content-Type: application/json\r\nContent-Length: 30000000";
+    for (target, auth, status, code) in [
+        ("/v1/inbound/nope/x", String::new(), 404, "not_found"),
+        (
+            "/v1/inbound/capped/nowhere",
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "/v1/inbound/capped/private",
+            String::new(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "/v1/inbound/capped/private",
+            format!("\r\nAuthorization: Bearer {key}"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/inbound/capped/open",
+            String::new(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/gateway/proxy/upload",
+            format!("\r\nAuthorization: Bearer {ADMIN_KEY}"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/gateway/nope/upload",
+            format!("\r\nAuthorization: Bearer {ADMIN_KEY}"),
+            404,
+            "not_found",
+        ),
+    ] {
+        let head = format!("POST {target} HTTP/1.1\r\n{big}{auth}");
+        let answer = raw_exchange(&app, &head, b"", wait).await;
+        let Some((got, body)) = answer else {
+            panic!("{target}: no answer within {wait:?}: the body is being waited for");
+        };
+        assert_eq!(got, status, "{target}: {body}");
+        assert_eq!(body["error"]["code"], code, "{target}: {body}");
+    }
+    // a body over the cap without a Content-Length (chunked) is cut off at the cap
+    let head = format!(
+        "POST /v1/inbound/capped/private HTTP/1.1\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+    );
+    let mut chunked = format!("{:x}\r\n", 2048).into_bytes();
+    chunked.extend_from_slice(&[b' '; 2048]);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_exchange(&app, &head, &chunked, wait).await;
+    assert_eq!(answer.map(|(s, _)| s), Some(413));
+    // within the cap, the call goes through
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/capped/private",
+        &json!({"a": 1}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(upstream.count(), 1);
+}

@@ -316,9 +316,81 @@ impl ConnectionService {
                     conn.name
                 )))
             })?;
-        let name = &conn.route(route.index).name;
+        let name = &conn.route(at).name;
         audit::note(|e| e.connection = Some(format!("{}@{}/{}", conn.name, conn.version, name)));
-        Ok(route)
+        Ok(at)
+    }
+
+    /// `ANY /v1/gateway/{connection}/{path…}`, before its body is read: the connection and the
+    /// route (the caller is already authenticated and allowed to call this connection).
+    pub async fn admit_outbound(
+        &self,
+        name: &str,
+        method: &Method,
+        raw_path: &str,
+    ) -> Result<Admitted, ConnError> {
+        let conn = self.active(name).await?;
+        if conn.config.kind != Kind::Outbound {
+            return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
+        }
+        let route = Self::route(&conn, method, &normalise_path(raw_path))?;
+        Ok(Admitted { conn, route })
+    }
+
+    /// `ANY /v1/inbound/{connection}/{path…}`, before its body is read: the connection, the
+    /// route, and the connection's key (or, on a public route, the client's rate limit). The
+    /// client may be anyone, so a connection that cannot be used is answered without its
+    /// reasons (they are logged).
+    pub async fn admit_inbound(
+        &self,
+        name: &str,
+        client: IpAddr,
+        method: &Method,
+        raw_path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Admitted, ConnError> {
+        let conn = self.active(name).await.map_err(|e| match e {
+            ConnError::Upstream { message, .. } => {
+                tracing::warn!(connection = name, reason = %message, "an inbound connection cannot be used");
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the connection cannot be used now",
+                )
+            }
+            other => other,
+        })?;
+        if conn.config.kind != Kind::Inbound {
+            return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
+        }
+        let route = Self::route(&conn, method, &normalise_path(raw_path))?;
+        audit::note(|e| {
+            e.action = "inbound_connection".into();
+            e.principal = Some(format!("connection:{name}"));
+        });
+        if conn.route(route).public {
+            let per_minute = conn.config.rate_limit.as_ref().map_or(60, |r| r.per_minute);
+            if !self.limiter.allow(name, client, per_minute) {
+                return Err(ConnError::call(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many calls to this public route; try again in a minute",
+                ));
+            }
+        } else {
+            let presented = crate::governance::accounts::bearer(headers).unwrap_or_default();
+            match self.check_key(name, presented).await? {
+                Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
+                None => {
+                    return Err(ConnError::call(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "this route needs the connection's key: send `Authorization: Bearer <key>`",
+                    ));
+                }
+            }
+        }
+        Ok(Admitted { conn, route })
     }
 
     /// Runs a function on the call's path; its output replaces the message.
@@ -603,18 +675,14 @@ impl ConnectionService {
     /// to call this connection.
     pub async fn call_outbound(
         &self,
-        name: &str,
+        Admitted { conn, route }: Admitted,
         purpose: &str,
         req: CallRequest,
     ) -> Result<CallResponse, ConnError> {
-        let conn = self.active(name).await?;
-        if conn.config.kind != Kind::Outbound {
-            return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
-        }
-        let path = normalise_path(&req.raw_path);
-        let route = self.route(&conn, &req.method, &path)?;
+        let route = &conn.routes[route];
         let config = conn.route(route.index);
         check_body(&conn, &req.body)?;
+        let path = normalise_path(&req.raw_path);
         let mut headers = forwardable(&req.headers, false);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
@@ -780,47 +848,16 @@ impl ConnectionService {
         revealed.extend(conn.secret_values.iter().cloned());
     }
 
-    /// `ANY /v1/inbound/{connection}/{path…}`: authenticated here, with the connection's own
-    /// key, unless the route is public.
+    /// `ANY /v1/inbound/{connection}/{path…}`, admitted by [`Self::admit_inbound`].
     pub async fn call_inbound(
         &self,
-        name: &str,
+        Admitted { conn, route }: Admitted,
         client: IpAddr,
         req: CallRequest,
     ) -> Result<CallResponse, ConnError> {
-        let conn = self.active(name).await?;
-        if conn.config.kind != Kind::Inbound {
-            return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
-        }
-        let path = normalise_path(&req.raw_path);
-        let route = self.route(&conn, &req.method, &path)?;
+        let route = &conn.routes[route];
         let config = conn.route(route.index);
-        audit::note(|e| {
-            e.action = "inbound_connection".into();
-            e.principal = Some(format!("connection:{name}"));
-        });
-        if config.public {
-            let per_minute = conn.config.rate_limit.as_ref().map_or(60, |r| r.per_minute);
-            if !self.limiter.allow(name, client, per_minute) {
-                return Err(ConnError::call(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many calls to this public route; try again in a minute",
-                ));
-            }
-        } else {
-            let presented = crate::governance::accounts::bearer(&req.headers).unwrap_or_default();
-            match self.check_key(name, presented).await? {
-                Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
-                None => {
-                    return Err(ConnError::call(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        "this route needs the connection's key: send `Authorization: Bearer <key>`",
-                    ));
-                }
-            }
-        }
+        let path = normalise_path(&req.raw_path);
         check_body(&conn, &req.body)?;
         let mut headers = forwardable(&req.headers, true);
         let mut query = req.raw_query.clone().unwrap_or_default();
@@ -851,7 +888,7 @@ impl ConnectionService {
         }
         headers.insert(
             HeaderName::from_static("x-strongroom-connection"),
-            HeaderValue::from_str(name)
+            HeaderValue::from_str(&conn.name)
                 .map_err(|_| ConnError::Internal("connection name".into()))?,
         );
         // The peer the gateway saw (a load balancer's address behind one), never the client's
@@ -861,7 +898,6 @@ impl ConnectionService {
             HeaderValue::from_str(&client.to_string())
                 .map_err(|_| ConnError::Internal("client address".into()))?,
         );
-
         if let Some(key) = &conn.signing_key {
             let t = chrono::Utc::now().timestamp();
             let signature = sign(key.as_bytes(), t, &body);
@@ -954,6 +990,20 @@ fn tokenize_failure(
             format!("`{location}`: this value is already taken"),
         ),
         other => ConnError::Vault(other),
+    }
+}
+
+/// A call that passed the checks needing no body ([`ConnectionService::admit_outbound`],
+/// [`ConnectionService::admit_inbound`]): its connection's version and route.
+pub struct Admitted {
+    conn: std::sync::Arc<Compiled>,
+    route: usize,
+}
+
+impl Admitted {
+    /// The most the request body may hold: read no more.
+    pub fn max_body_bytes(&self) -> usize {
+        self.conn.config.max_body_bytes
     }
 }
 
