@@ -2043,6 +2043,8 @@ async fn path_tricks_never_reach_the_upstream() {
         "/v1/gateway/proxy//evil.example/x",
         "/v1/gateway/proxy/http://evil.example/x",
         "/v1/gateway/proxy/http:%2F%2Fevil.example/x",
+        "/v1/gateway/proxy/%25252e%25252e/admin",
+        "/v1/gateway/proxy/a%25252fb",
     ] {
         let (status, body) = raw_http(&app, "GET", target).await;
         assert_eq!(status, 400, "{target}: {body}");
@@ -2075,7 +2077,7 @@ async fn path_tricks_never_reach_the_upstream() {
         .into_iter()
         .filter(|e| e["status"] == 400)
         .count();
-    assert_eq!(refused, 11, "one audit event per refused call");
+    assert_eq!(refused, 13, "one audit event per refused call");
 }
 
 #[tokio::test]
@@ -2147,4 +2149,453 @@ async fn bodies_over_the_cap_and_redirects_are_not_carried() {
         .map(|r| r.path().to_string())
         .collect();
     assert_eq!(paths, vec!["/big".to_string(), "/moved".to_string()]);
+}
+
+// ---- 6. hardening ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secret_templates_with_spaces_are_filled_in() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    put_secret(&app, "api_key", "sk_spaced_value_1").await;
+    // a secret whose value looks like a template is sent as it is, never expanded
+    put_secret(&app, "tricky", "{{secret.signing}}").await;
+    put_secret(&app, "signing", "whsec_never_on_the_wire").await;
+    let mut config = simple_outbound("spaced", &upstream.base());
+    config["headers"] = json!({"authorization": "Bearer {{ secret.api_key }}",
+                              "x-tricky": "{{secret.tricky}}"});
+    create_connection(&app, config).await;
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/spaced/ping",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(
+        got.header("authorization"),
+        Some("Bearer sk_spaced_value_1")
+    );
+    assert_eq!(got.header("x-tricky"), Some("{{secret.signing}}"));
+    assert!(!got.all_text().contains("whsec_never_on_the_wire"));
+}
+
+#[tokio::test]
+async fn encoded_echoes_of_revealed_values_are_blocked() {
+    const ODD_NAME: &str = "José Núñez/O'Brien";
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    let odd = insert(&app, "payments", "customers", json!({"name": ODD_NAME})).await;
+    put_secret(&app, "stripe_key", "sk_test_x").await;
+    set_policies(&app, &connection_policies("stripe")).await;
+    create_connection(&app, stripe_config(&format!("{}/base", upstream.base()))).await;
+    let checkout = app.service_account("checkout", &["app"]).await;
+    let charge = |name_token: String| {
+        let app = &app;
+        let checkout = &checkout;
+        let p = &p;
+        async move {
+            send(
+                app,
+                Some(checkout),
+                Method::POST,
+                &format!("/v1/gateway/stripe/v1/charges?customer={name_token}"),
+                &[("x-customer-name", &token(&p.ada, "name"))],
+                Some((
+                    "application/json",
+                    json!({"amount": 1}).to_string().into_bytes(),
+                )),
+            )
+            .await
+        }
+    };
+
+    // the gateway sent `customer=Grace%20Hopper`; echoes of it in every usual spelling
+    for reply in [
+        Reply::json(201, json!({"next": "/v1/charges?customer=Grace%20Hopper"})),
+        Reply::text(302, "").header("location", "/v1/charges?customer=Grace+Hopper"),
+        Reply::json(
+            400,
+            json!({"url": "/v1/charges?customer=grace%20hopper&customer=Grace%20Hopper"}),
+        ),
+        Reply::json_text(200, r#"{"next":"\/v1\/charges?customer=Grace%20Hopper"}"#),
+        // the detokenized header, re-escaped by the upstream's JSON encoder
+        Reply::json_text(200, r#"{"customer":"Ada\u0020Lovelace"}"#),
+        Reply::json_text(200, r#"{"customer":"\u0041da Lovelace"}"#),
+    ] {
+        upstream.reply_on("/base/v1/charges", reply.clone());
+        let a = charge(token(&p.grace, "name")).await;
+        a.assert_blocked(GRACE_NAME);
+        for encoded in ["Grace%20Hopper", "Grace+Hopper", "Ada\\u0020Lovelace"] {
+            assert!(!a.text().contains(encoded), "{reply:?}: {}", a.text());
+        }
+    }
+    // non-ASCII and reserved characters: upper and lower hex, `\u` escapes, PHP's `\/`
+    for echoed in [
+        "Jos%C3%A9%20N%C3%BA%C3%B1ez%2FO%27Brien",
+        "Jos%c3%a9+N%c3%ba%c3%b1ez%2fO%27Brien",
+        "Jos%c3%a9%20N%C3%BA%c3%b1ez/O'Brien",
+    ] {
+        upstream.reply_on(
+            "/base/v1/charges",
+            Reply::json(200, json!({ "next": format!("?customer={echoed}") })),
+        );
+        charge(token(&odd, "name")).await.assert_blocked(ODD_NAME);
+    }
+    for escaped in [
+        r#"{"customer":"Jos\u00e9 N\u00fa\u00f1ez\/O'Brien"}"#,
+        r#"{"customer":"Jos\u00E9 N\u00FA\u00F1ez/O\u0027Brien"}"#,
+    ] {
+        upstream.reply_on("/base/v1/charges", Reply::json_text(200, escaped));
+        charge(token(&odd, "name")).await.assert_blocked(ODD_NAME);
+    }
+    // a form value the gateway percent-encoded (`ada%40example.test`), echoed back
+    upstream.reply_on(
+        "/base/v1/tokens",
+        Reply::text(200, "created for ada%40example.test"),
+    );
+    let form = format!("card[number]={}", token(&p.ada, "email"));
+    let a = send(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/tokens",
+        &[],
+        Some(("application/x-www-form-urlencoded", form.into_bytes())),
+    )
+    .await;
+    a.assert_blocked(ADA_EMAIL);
+    assert!(!a.text().contains("ada%40example.test"), "{}", a.text());
+    assert_eq!(
+        upstream
+            .last()
+            .form()
+            .get("card[number]")
+            .map(String::as_str),
+        Some(ADA_EMAIL)
+    );
+    // a reply with escapes but none of the values passes
+    upstream.reply_on(
+        "/base/v1/charges",
+        Reply::json_text(
+            201,
+            r#"{"next":"\/v1\/charges?customer=Someone%20Else\u0021"}"#,
+        ),
+    );
+    let a = charge(token(&p.grace, "name")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_audit_has_no_plaintext(&app, &[GRACE_NAME, ADA_NAME, ODD_NAME, ADA_EMAIL]).await;
+}
+
+#[tokio::test]
+async fn a_tokenize_rule_whose_column_is_gone_is_a_502_naming_no_vault() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(200, json!({"email": "x@example.test"})));
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "scratch", "tables": [{"name": "people", "columns": [
+                {"name": "email", "type": "email"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rule = json!([{"location": "body", "path": "$.email",
+                       "vault": "scratch", "table": "people", "column": "email"}]);
+    create_connection(
+        &app,
+        json!({"name": "out", "kind": "outbound", "base_url": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "response": {"tokenize": rule}}]}),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "in", "kind": "inbound", "upstream": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "public": true,
+                           "request": {"tokenize": rule}}]}),
+    )
+    .await;
+    let (status, _) = app.delete("/v1/vaults/scratch").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let body = json!({"email": "client@example.test"});
+    for path in ["/v1/gateway/out/r", "/v1/inbound/in/r"] {
+        let a = send_json(&app, Some(ADMIN_KEY), Method::POST, path, &body).await;
+        let answer = a.json();
+        assert_error(a.status, &answer, StatusCode::BAD_GATEWAY, "upstream_error");
+        assert!(
+            !a.text().contains("scratch") && !a.text().contains("people"),
+            "{path}: {answer}"
+        );
+        assert!(!a.text().contains("example.test"), "{path}: {answer}");
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "the inbound request is not forwarded untokenized"
+    );
+}
+
+/// Writes `head` (request line and headers, without the blank line) and `body` to a bare TCP
+/// socket and reads one answer, waiting at most `wait`: the status and the body as JSON (or
+/// text), or `None` when no complete answer came in time.
+async fn raw_exchange(
+    app: &TestApp,
+    head: &str,
+    body: &[u8],
+    wait: Duration,
+) -> Option<(u16, Value)> {
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut request = format!("{head}\r\nHost: {addr}\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(wait)).unwrap();
+        stream.write_all(&request).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while started.elapsed() < wait {
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                if length.is_some_and(|len| rest.len() >= len) {
+                    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                    let json = serde_json::from_str(rest).unwrap_or(Value::String(rest.into()));
+                    return Some((status, json));
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn inbound_clients_cannot_choose_hop_or_address_headers() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    create_connection(
+        &app,
+        json!({"name": "site", "kind": "inbound", "upstream": upstream.base(),
+            "routes": [{"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+    )
+    .await;
+    let head = "GET /v1/inbound/site/page HTTP/1.1\r\nConnection: close, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https";
+    let answer = raw_exchange(&app, head, b"", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_ref().map(|(s, _)| *s), Some(200), "{answer:?}");
+    let got = upstream.last();
+    let text = got.headers_text();
+    assert!(got.header("x-hop").is_none(), "{text}");
+    assert_eq!(got.header("x-kept"), Some("2"), "{text}");
+    assert!(
+        !text.contains("6.6.6.6") && !text.contains("evil.example"),
+        "{text}"
+    );
+    assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"), "{text}");
+    for claim in [
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        assert!(got.header(claim).is_none(), "{claim}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn route_matching_reads_paths_as_loosely_as_upstreams_do() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    app.payments_vault().await;
+    set_policies(&app, &connection_policies("site")).await;
+    let created = create_connection(
+        &app,
+        json!({"name": "site", "kind": "inbound", "upstream": format!("{}/app", upstream.base()),
+            "routes": [
+                {"name": "signup", "method": "POST", "path": "/signup",
+                 "request": {"tokenize": [{"location": "body", "path": "$.card",
+                    "vault": "payments", "table": "customers", "column": "card_number"}]}},
+                {"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let card = json!({"card": NEO_CARD});
+
+    // spellings an upstream reads as /signup take the private route: no key, no call
+    for path in [
+        "/signup/",
+        "/sign%75p",
+        "/%73ignup",
+        "/signup;x",
+        "/SignUp",
+        "/sign%2575p",
+    ] {
+        let a = send_json(
+            &app,
+            None,
+            Method::POST,
+            &format!("/v1/inbound/site{path}"),
+            &card,
+        )
+        .await;
+        assert_error(
+            a.status,
+            &a.json(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
+        assert_eq!(
+            upstream.count(),
+            0,
+            "{path} reached the upstream: {:?}",
+            upstream.received()
+        );
+    }
+    // with the key, the card is tokenized, and the path goes on normalised
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/site/sign%75p",
+        &card,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.path(), "/app/signup");
+    assert!(!got.all_text().contains(NEO_CARD), "{}", got.all_text());
+
+    // a public route is called as the method the gateway saw: overrides are not forwarded
+    let a = send(
+        &app,
+        None,
+        Method::GET,
+        "/v1/inbound/site/about",
+        &[
+            ("x-http-method-override", "POST"),
+            ("x-http-method", "POST"),
+            ("x-method-override", "POST"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert_eq!(got.method, "GET");
+    assert!(
+        !got.headers_text().contains("override"),
+        "{}",
+        got.headers_text()
+    );
+    assert!(
+        got.header("x-http-method").is_none(),
+        "{}",
+        got.headers_text()
+    );
+    assert_audit_has_no_plaintext(&app, &[NEO_CARD]).await;
+}
+
+#[tokio::test]
+async fn bodies_are_not_read_before_the_call_is_admitted() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    let created = create_connection(
+        &app,
+        json!({"name": "capped", "kind": "inbound", "upstream": upstream.base(),
+            "max_body_bytes": 1024,
+            "routes": [{"name": "private", "method": "POST", "path": "/private"},
+                       {"name": "open", "method": "POST", "path": "/open", "public": true}]}),
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let mut outbound = proxy_config("proxy", &upstream.base(), 5000);
+    outbound["max_body_bytes"] = json!(1024);
+    create_connection(&app, outbound).await;
+
+    // only the headers are sent, announcing 30 MB: the answer comes at once
+    let wait = Duration::from_secs(5);
+    let big = "Content-Type: application/json\r\nContent-Length: 30000000";
+    for (target, auth, status, code) in [
+        ("/v1/inbound/nope/x", String::new(), 404, "not_found"),
+        (
+            "/v1/inbound/capped/nowhere",
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "/v1/inbound/capped/private",
+            String::new(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "/v1/inbound/capped/private",
+            format!("\r\nAuthorization: Bearer {key}"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/inbound/capped/open",
+            String::new(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/gateway/proxy/upload",
+            format!("\r\nAuthorization: Bearer {ADMIN_KEY}"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/gateway/nope/upload",
+            format!("\r\nAuthorization: Bearer {ADMIN_KEY}"),
+            404,
+            "not_found",
+        ),
+    ] {
+        let head = format!("POST {target} HTTP/1.1\r\n{big}{auth}");
+        let answer = raw_exchange(&app, &head, b"", wait).await;
+        let Some((got, body)) = answer else {
+            panic!("{target}: no answer within {wait:?}: the body is being waited for");
+        };
+        assert_eq!(got, status, "{target}: {body}");
+        assert_eq!(body["error"]["code"], code, "{target}: {body}");
+    }
+    // a body over the cap without a Content-Length (chunked) is cut off at the cap
+    let head = format!(
+        "POST /v1/inbound/capped/private HTTP/1.1\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+    );
+    let mut chunked = format!("{:x}\r\n", 2048).into_bytes();
+    chunked.extend_from_slice(&[b' '; 2048]);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_exchange(&app, &head, &chunked, wait).await;
+    assert_eq!(answer.map(|(s, _)| s), Some(413));
+    // within the cap, the call goes through
+    let a = send_json(
+        &app,
+        Some(&key),
+        Method::POST,
+        "/v1/inbound/capped/private",
+        &json!({"a": 1}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(upstream.count(), 1);
 }

@@ -101,10 +101,15 @@ pub struct Reply {
 impl Reply {
     /// A JSON reply.
     pub fn json(status: u16, body: Value) -> Reply {
+        Reply::json_text(status, &body.to_string())
+    }
+
+    /// A JSON reply written exactly as given (its escapes and spacing kept).
+    pub fn json_text(status: u16, text: &str) -> Reply {
         Reply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_string().into_bytes(),
+            body: text.as_bytes().to_vec(),
             delay: None,
             echo: false,
         }

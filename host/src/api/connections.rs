@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::extract::Json;
 use crate::connections::ConnError;
 use crate::connections::config::ConnectionConfig;
-use crate::connections::gateway::{CallRequest, CallResponse};
+use crate::connections::gateway::{Admitted, CallRequest, CallResponse};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, OriginalUri, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -198,34 +198,48 @@ fn note_connection(name: &str) {
     crate::governance::audit::note(|e| e.connection = Some(name.to_string()));
 }
 
-/// The request's parts as the gateway takes them: the path after `{prefix}{connection}`, raw.
-async fn call_request(
-    prefix: &str,
-    connection: &str,
-    uri: &axum::http::Uri,
-    req: Request,
-) -> Result<CallRequest, ApiError> {
+/// The path after `{prefix}{connection}`, raw (still percent-encoded), starting with `/`.
+fn raw_path(prefix: &str, connection: &str, uri: &axum::http::Uri) -> Result<String, ApiError> {
     let rest = uri
         .path()
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix(connection))
         .ok_or_else(|| ApiError::invalid("the connection name must be written as is"))?;
-    let raw_path = if rest.is_empty() { "/" } else { rest }.to_string();
-    let raw_query = uri.query().map(str::to_string);
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, MAX_GATEWAY_BODY)
+    Ok(if rest.is_empty() { "/" } else { rest }.to_string())
+}
+
+/// The request as the gateway takes it, its body read only now that the call was admitted,
+/// and no further than the connection's `max_body_bytes`: a `Content-Length` over it is
+/// refused before a byte is read.
+async fn call_request(
+    raw_path: String,
+    uri: &axum::http::Uri,
+    (parts, body): (axum::http::request::Parts, axum::body::Body),
+    admitted: &Admitted,
+) -> Result<CallRequest, ApiError> {
+    let limit = admitted.max_body_bytes().min(MAX_GATEWAY_BODY);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than the connection's max_body_bytes",
+        )
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            )
-        })?;
+        .map_err(|_| too_large())?;
     Ok(CallRequest {
         method: parts.method,
         raw_path,
-        raw_query,
+        raw_query: uri.query().map(str::to_string),
         headers: parts.headers,
         // Without a copy when the buffer is not shared.
         body: body.into(),
@@ -264,10 +278,16 @@ async fn gateway(
     let connection = connection_param(params);
     note_connection(&connection);
     authorize_call(&s, &p, &connection)?;
-    let call = call_request("/v1/gateway/", &connection, &uri, req).await?;
+    let path = raw_path("/v1/gateway/", &connection, &uri)?;
+    let (parts, body) = req.into_parts();
+    let admitted = s
+        .connections
+        .admit_outbound(&connection, &parts.method, &path)
+        .await?;
+    let call = call_request(path, &uri, (parts, body), &admitted).await?;
     let response = s
         .connections
-        .call_outbound(&connection, &p.purpose, call)
+        .call_outbound(admitted, &p.purpose, call)
         .await?;
     Ok(respond(response))
 }
@@ -285,10 +305,13 @@ async fn inbound(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-    let call = call_request("/v1/inbound/", &connection, &uri, req).await?;
-    let response = s
+    let path = raw_path("/v1/inbound/", &connection, &uri)?;
+    let (parts, body) = req.into_parts();
+    let admitted = s
         .connections
-        .call_inbound(&connection, client, call)
+        .admit_inbound(&connection, client, &parts.method, &path, &parts.headers)
         .await?;
+    let call = call_request(path, &uri, (parts, body), &admitted).await?;
+    let response = s.connections.call_inbound(admitted, client, call).await?;
     Ok(respond(response))
 }

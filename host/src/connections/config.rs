@@ -255,9 +255,48 @@ pub fn parse_template(path: &str) -> Result<Vec<Segment>, &'static str> {
         .collect()
 }
 
-/// Whether a raw request path (percent-encoded, starting with `/`) matches a template.
-pub fn matches(template: &[Segment], raw_path: &str) -> bool {
-    let path = raw_path.strip_prefix('/').unwrap_or(raw_path);
+/// A request path as routes match it and as it is forwarded: escapes of unreserved characters
+/// decoded (`%75` is `u`, RFC 3986 §6.2.2.2), the other escapes in upper case (§6.2.2.1).
+/// Malformed escapes are kept for the path check to refuse. Without a `%`, the path as it is.
+pub fn normalise_path(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
+        {
+            let c = (hi * 16 + lo) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(c);
+            } else {
+                out.extend_from_slice(format!("%{c:02X}").as_bytes());
+            }
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    // Only ASCII escapes were replaced by ASCII, so the text is as valid as it was.
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| raw.to_string()))
+}
+
+/// Whether a request path (from [`normalise_path`], starting with `/`) matches a template.
+///
+/// Upstreams read paths more loosely than a literal comparison, so a route is matched the way
+/// the loosest of them would read the path, and a request can never slip from a private or
+/// tokenizing route into a broader one: literal segments compare without ASCII case, after up
+/// to three percent-decodings, and without a `;` parameter (`/signup;x`, `/SignUp` and
+/// `/sign%2575p` are the route `/signup`); one trailing slash is ignored (`/signup/`). The path
+/// is forwarded as it is (with its slash and parameter).
+pub fn matches(template: &[Segment], path: &str) -> bool {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let path = path.strip_suffix('/').unwrap_or(path);
     let parts: Vec<&str> = if path.is_empty() {
         Vec::new()
     } else {
@@ -268,12 +307,15 @@ pub fn matches(template: &[Segment], raw_path: &str) -> bool {
         match seg {
             Segment::Rest => return true,
             Segment::Param => {
-                if parts.get(i).is_none_or(|p| p.is_empty()) {
+                if parts
+                    .get(i)
+                    .is_none_or(|p| p.split(';').next().is_none_or(str::is_empty))
+                {
                     return false;
                 }
             }
             Segment::Literal(l) => {
-                if parts.get(i) != Some(&l.as_str()) {
+                if !parts.get(i).is_some_and(|p| literal_matches(p, l)) {
                     return false;
                 }
             }
@@ -281,6 +323,22 @@ pub fn matches(template: &[Segment], raw_path: &str) -> bool {
         i += 1;
     }
     i == parts.len()
+}
+
+/// Whether a path segment is the literal `literal` (see [`matches`]).
+fn literal_matches(segment: &str, literal: &str) -> bool {
+    let stem = |s: &str| s.split(';').next().unwrap_or_default().to_string();
+    let mut current = stem(segment);
+    for _ in 0..=super::egress::DECODE_ROUNDS {
+        if current.eq_ignore_ascii_case(literal) {
+            return true;
+        }
+        if !current.contains('%') {
+            return false;
+        }
+        current = stem(&percent_encoding::percent_decode_str(&current).decode_utf8_lossy());
+    }
+    false
 }
 
 /// Whether `method` is a valid route method (`*` or a token of upper-case letters).
@@ -291,8 +349,17 @@ pub fn valid_method(method: &str) -> bool {
             && method.bytes().all(|b| b.is_ascii_uppercase()))
 }
 
-/// The secret names a header value refers to as `{{secret.<name>}}`, or why it is malformed.
-pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
+/// One part of a configured header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Text(&'a str),
+    /// `{{secret.<name>}}`, also written with spaces inside the braces (`{{ secret.<name> }}`).
+    Secret(&'a str),
+}
+
+/// A header value split into its text and its secret references, or why it is malformed.
+/// Filling the parts in one pass means a secret's value is never read as a template itself.
+pub fn template_parts(value: &str) -> Result<Vec<TemplatePart<'_>>, &'static str> {
     let mut out = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find("{{") {
@@ -306,10 +373,27 @@ pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
         if !crate::vault::schema::valid_name(name) {
             return Err("refers to a secret name that is not ^[a-z][a-z0-9_-]{0,62}$");
         }
-        out.push(name);
+        if start > 0 {
+            out.push(TemplatePart::Text(&rest[..start]));
+        }
+        out.push(TemplatePart::Secret(name));
         rest = &after[end + 2..];
     }
+    if !rest.is_empty() {
+        out.push(TemplatePart::Text(rest));
+    }
     Ok(out)
+}
+
+/// The secret names a header value refers to as `{{secret.<name>}}`, or why it is malformed.
+pub fn secret_refs(value: &str) -> Result<Vec<&str>, &'static str> {
+    Ok(template_parts(value)?
+        .into_iter()
+        .filter_map(|part| match part {
+            TemplatePart::Secret(name) => Some(name),
+            TemplatePart::Text(_) => None,
+        })
+        .collect())
 }
 
 /// Checks what can be checked without the database; `fail(field, reason)` collects problems.
@@ -449,5 +533,85 @@ pub fn check_shape(c: &ConnectionConfig, mut fail: impl FnMut(String, String)) {
                 fail(format!("{at}.path"), e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_templates_split_into_text_and_secrets() {
+        use TemplatePart::{Secret, Text};
+        assert_eq!(
+            template_parts("Bearer {{secret.stripe_key}}"),
+            Ok(vec![Text("Bearer "), Secret("stripe_key")])
+        );
+        assert_eq!(
+            template_parts("Bearer {{ secret.stripe_key }}"),
+            Ok(vec![Text("Bearer "), Secret("stripe_key")])
+        );
+        assert_eq!(
+            template_parts("{{secret.a}}:{{secret.b}}!"),
+            Ok(vec![Secret("a"), Text(":"), Secret("b"), Text("!")])
+        );
+        assert_eq!(template_parts("plain"), Ok(vec![Text("plain")]));
+        assert_eq!(
+            secret_refs("{{ secret.a }} {{secret.b}}"),
+            Ok(vec!["a", "b"])
+        );
+        assert!(template_parts("{{secret.a").is_err());
+        assert!(template_parts("{{other.a}}").is_err());
+        assert!(template_parts("{{secret.Bad}}").is_err());
+    }
+
+    #[test]
+    fn paths_are_normalised_and_matched_as_loosely_as_upstreams_read_them() {
+        assert_eq!(normalise_path("/sign%75p/%7e%2d%41"), "/signup/~-A");
+        assert_eq!(
+            normalise_path("/a%2fb/%c3%a9/%zz/%2"),
+            "/a%2Fb/%C3%A9/%zz/%2"
+        );
+        assert!(matches!(
+            normalise_path("/plain/path"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let signup = parse_template("/signup").unwrap_or_default();
+        for path in [
+            "/signup",
+            "/signup/",
+            "/SignUp",
+            "/signup;x",
+            "/signup;jsessionid=1/",
+            "/sign%2575p",
+            "/sign%252575p",
+        ] {
+            assert!(matches(&signup, &normalise_path(path)), "{path}");
+        }
+        for path in [
+            "/signup/x",
+            "/signups",
+            "/sign%2Fup",
+            "/",
+            "/signup//",
+            "/;/signup",
+        ] {
+            assert!(!matches(&signup, &normalise_path(path)), "{path}");
+        }
+        let customer = parse_template("/customers/{id}").unwrap_or_default();
+        assert!(matches(&customer, "/customers/cus_1"));
+        assert!(matches(&customer, "/Customers/cus_1/"));
+        for path in [
+            "/customers",
+            "/customers/",
+            "/customers/;x",
+            "/customers/a/b",
+        ] {
+            assert!(!matches(&customer, path), "{path}");
+        }
+        let root = parse_template("/").unwrap_or_default();
+        assert!(matches(&root, "/") && matches(&root, "") && !matches(&root, "/x"));
+        let rest = parse_template("/files/{*rest}").unwrap_or_default();
+        assert!(matches(&rest, "/files/a/b") && matches(&rest, "/FILES/"));
     }
 }

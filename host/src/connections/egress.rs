@@ -17,8 +17,9 @@
 //!   checked when the base URL is validated; [`check_url_now`] also resolves names once for an
 //!   early, clear error at configuration time;
 //! - keeps the caller's path under the base URL's path ([`join_path`]): no dot segments (also
-//!   percent-encoded, also double-encoded), no encoded slashes or backslashes, no `//`, `@`,
-//!   control characters or other tricks that could change the host or climb out of the base path;
+//!   percent-encoded, also double- and triple-encoded), no encoded slashes or backslashes, no
+//!   `//`, `@`, control characters or other tricks that could change the host or climb out of
+//!   the base path;
 //! - builds HTTP clients that neither follow redirects nor use proxies ([`client_builder`]):
 //!   a redirect to an IP literal, or a proxy resolving names itself, would bypass the resolver.
 //!
@@ -41,7 +42,7 @@ const ALLOW_HTTP_HOSTS: &str = "STRONGROOM_EGRESS_ALLOW_HTTP_HOSTS";
 
 /// How many times a path segment is percent-decoded when looking for hidden dots and slashes,
 /// for upstreams that decode more than once.
-const DECODE_ROUNDS: usize = 3;
+pub(super) const DECODE_ROUNDS: usize = 3;
 
 /// The operator's exceptions to the default egress rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -261,12 +262,15 @@ impl Forbidden {
 }
 
 /// Cloud metadata endpoints: AWS, GCP, Azure, Oracle and others (`169.254.169.254`), AWS ECS
-/// task metadata, Oracle's legacy endpoint, Alibaba Cloud.
-const METADATA_V4: [Ipv4Addr; 4] = [
+/// task metadata, Oracle's legacy endpoint, Alibaba Cloud, and Azure's WireServer
+/// (`168.63.129.16`: a public-range address every Azure VM reaches as a platform endpoint that
+/// serves goal state and extension configuration).
+const METADATA_V4: [Ipv4Addr; 5] = [
     Ipv4Addr::new(169, 254, 169, 254),
     Ipv4Addr::new(169, 254, 170, 2),
     Ipv4Addr::new(192, 0, 0, 192),
     Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(168, 63, 129, 16),
 ];
 
 /// AWS's IPv6 metadata endpoint.
@@ -551,8 +555,8 @@ async fn resolve_allowed(
 /// percent-encoded; `query` is the raw query string, without `?`. Ordinary escapes are kept as
 /// they are. The path may only use unreserved characters, sub-delimiters, `:` and
 /// percent-escapes; no segment may be `.` or `..`, or become one, or contain a slash, backslash
-/// or control character, once decoded (up to three times, for upstreams that decode twice); a
-/// `;` parameter does not hide a dot segment (`..;x`). Empty segments are refused except for
+/// or control character, once decoded (up to three times, for upstreams that decode more than
+/// once); a `;` parameter does not hide a dot segment (`..;x`). Empty segments are refused except for
 /// one trailing slash. The result always has the base's scheme, host and port, and a path
 /// under the base's path.
 pub fn join_path(base: &Url, path: &str, query: Option<&str>) -> Result<Url, EgressError> {
@@ -617,7 +621,8 @@ fn check_segment(segment: &str) -> Result<(), EgressError> {
         return Err(EgressError::Path(PathRule::Escape));
     }
     let mut current = bytes.to_vec();
-    for _ in 0..DECODE_ROUNDS {
+    // The raw segment, then each of its decodings: `DECODE_ROUNDS + 1` forms are checked.
+    for round in 0..=DECODE_ROUNDS {
         if current
             .iter()
             .any(|&b| b == b'/' || b == b'\\' || b.is_ascii_control())
@@ -627,6 +632,9 @@ fn check_segment(segment: &str) -> Result<(), EgressError> {
         let stem = current.split(|&b| b == b';').next().unwrap_or_default();
         if stem == b"." || stem == b".." {
             return Err(EgressError::Path(PathRule::DotSegment));
+        }
+        if round == DECODE_ROUNDS {
+            break;
         }
         let decoded: Vec<u8> = percent_decode(&current).collect();
         if decoded == current {
@@ -792,6 +800,8 @@ mod tests {
             ("169.254.170.2", Forbidden::Metadata),
             ("fd00:ec2::254", Forbidden::Metadata),
             ("100.100.100.200", Forbidden::Metadata),
+            ("168.63.129.16", Forbidden::Metadata),
+            ("::ffff:168.63.129.16", Forbidden::Metadata),
             ("100.64.0.1", Forbidden::SharedAddressSpace),
             ("100.127.255.255", Forbidden::SharedAddressSpace),
             ("224.0.0.1", Forbidden::Multicast),
@@ -817,6 +827,7 @@ mod tests {
             "1.1.1.1",
             "8.8.8.8",
             "172.32.0.1",
+            "168.63.129.17",
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
@@ -1020,12 +1031,16 @@ mod tests {
             (".%2e/admin", PathRule::DotSegment),
             ("%2e/admin", PathRule::DotSegment),
             ("%252e%252e/admin", PathRule::DotSegment),
+            ("%25252e%25252e/admin", PathRule::DotSegment),
+            ("%25252E./admin", PathRule::DotSegment),
             ("..;/admin", PathRule::DotSegment),
             ("..;jsessionid=1/admin", PathRule::DotSegment),
             ("a%2f..%2fadmin", PathRule::EncodedSeparator),
             ("a%2F..", PathRule::EncodedSeparator),
             ("a%5c..%5cadmin", PathRule::EncodedSeparator),
             ("a%255c", PathRule::EncodedSeparator),
+            ("a%25252fb", PathRule::EncodedSeparator),
+            ("a%25255cb", PathRule::EncodedSeparator),
             ("a%00b", PathRule::EncodedSeparator),
             ("a%0d%0aHost:%20evil", PathRule::EncodedSeparator),
             ("a\\..\\admin", PathRule::Character),

@@ -8,7 +8,7 @@
 //! sign and forward; return the upstream's reply.
 
 use super::ConnError;
-use super::config::{Kind, matches};
+use super::config::{Kind, matches, normalise_path};
 use super::egress;
 use super::locations::{self, Found, Message, Selector};
 use super::service::{Compiled, CompiledRoute, ConnectionService};
@@ -67,18 +67,39 @@ pub fn is_reserved_header(name: &str) -> bool {
         || name.starts_with("x-strongroom-")
 }
 
-/// The caller's headers minus what must not travel on: its credentials, the hop's headers,
-/// our own, and the length (recomputed).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
+/// Headers that ask the upstream to treat a request as another method: the route was matched,
+/// and its rules chosen, for the method the gateway saw.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// What an inbound client says about where it connects from; an upstream that trusts its peer
+/// (the gateway) would believe it. The gateway sets `x-forwarded-for` itself.
+const CLIENT_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// `headers` minus the hop's (the hop-by-hop ones and those the `Connection` header names,
+/// RFC 9110 §7.6.1) and those `dropped` names.
+fn without_hop(headers: &HeaderMap, dropped: impl Fn(&str) -> bool) -> HeaderMap {
+    let connection = headers.get_all(header::CONNECTION);
+    let named = |n: &str| {
+        connection.iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
+        })
+    };
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if is_reserved_header(n)
-            || n == "authorization"
-            || n == "cookie"
-            || n == "x-request-id"
-            || n == "accept-encoding"
-        {
+        if HOP_BY_HOP.contains(&n) || dropped(n) || named(n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -86,17 +107,24 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The caller's headers minus what must not travel on: its credentials, the hop's headers,
+/// our own, the length (recomputed), method overrides and, from an inbound client, its claims
+/// about where it connects from.
+fn forwardable(headers: &HeaderMap, inbound: bool) -> HeaderMap {
+    without_hop(headers, |n| {
+        is_reserved_header(n)
+            || matches!(
+                n,
+                "authorization" | "cookie" | "x-request-id" | "accept-encoding"
+            )
+            || METHOD_OVERRIDES.contains(&n)
+            || (inbound && CLIENT_CLAIMS.contains(&n))
+    })
+}
+
 /// The upstream's headers minus the hop's and the length.
 fn returnable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "content-length" {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+    without_hop(headers, |n| n == "content-length")
 }
 
 /// The connection's principal in Cedar: `Connection::"<name>"`, role `connection`.
@@ -168,21 +196,119 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bo
         text.push_str(k.as_str());
         text.push_str(&String::from_utf8_lossy(v.as_bytes()));
     }
-    holds_revealed(&text, revealed)
+    reveals(&text, revealed)
+}
+
+/// Whether `text` holds a revealed value as it is, or in the encodings an echo hands it back
+/// in: JSON-escaped (`\"`, `\/`, `\u00e9`, `\u0020`, surrogate pairs) and percent-encoded (the
+/// gateway's own `%20` and `%40` in query and form values, `+` for spaces, either hex case),
+/// also one inside the other (a URL in a JSON string). The text is decoded, not the values
+/// encoded, so any mix of escaped and literal characters is found. Only values with a
+/// character that an encoder rewrites can hide this way, so for the others (digits, tokens)
+/// and for text without `\`, `%` or `+` nothing more is done. Derived forms (base64,
+/// re-cased, reversed, split, reformatted) are out of scope.
+pub(super) fn reveals(text: &str, revealed: &[Zeroizing<String>]) -> bool {
+    if holds_revealed(text, revealed) {
+        return true;
+    }
+    let encodable = |b: u8| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'));
+    if !revealed.iter().any(|v| v.bytes().any(encodable)) {
+        return false;
+    }
+    let unescaped = text.contains('\\').then(|| json_unescape(text));
+    if let Some(u) = &unescaped
+        && holds_revealed(u, revealed)
+    {
+        return true;
+    }
+    let text = unescaped.as_deref().unwrap_or(text);
+    if !text.contains(['%', '+']) {
+        return false;
+    }
+    let spaced = text.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+    holds_revealed(&decoded, revealed)
+}
+
+/// `text` with its JSON string escapes decoded; anything that is not a valid escape is kept.
+fn json_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (decoded, used) = match after.as_bytes().first() {
+            Some(b'"') => (Some('"'), 1),
+            Some(b'\\') => (Some('\\'), 1),
+            Some(b'/') => (Some('/'), 1),
+            Some(b'b') => (Some('\u{8}'), 1),
+            Some(b'f') => (Some('\u{c}'), 1),
+            Some(b'n') => (Some('\n'), 1),
+            Some(b'r') => (Some('\r'), 1),
+            Some(b't') => (Some('\t'), 1),
+            Some(b'u') => match hex4(&after[1..]) {
+                Some(high @ 0xD800..=0xDBFF) => match after[5..]
+                    .strip_prefix("\\u")
+                    .and_then(hex4)
+                    .filter(|low| (0xDC00..=0xDFFF).contains(low))
+                {
+                    Some(low) => (
+                        char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)),
+                        11,
+                    ),
+                    None => (Some(char::REPLACEMENT_CHARACTER), 5),
+                },
+                Some(unit) => (
+                    Some(char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER)),
+                    5,
+                ),
+                None => (None, 0),
+            },
+            _ => (None, 0),
+        };
+        match decoded {
+            Some(c) => out.push(c),
+            None => out.push('\\'),
+        }
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of four hex digits at the start of `s`.
+fn hex4(s: &str) -> Option<u32> {
+    let digits = s.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// The call's answer when the reply would carry a revealed value back: counted in the audit
+/// event and logged (who, which connection and route; never the value), since a caller who
+/// can make the upstream echo a field of its choice can use this answer to confirm a guess.
+fn egress_blocked(message: &'static str) -> ConnError {
+    audit::note(|e| {
+        e.count("egress_blocked", 1);
+        tracing::warn!(
+            request_id = %e.request_id,
+            principal = e.principal.as_deref().unwrap_or("-"),
+            connection = e.connection.as_deref().unwrap_or("-"),
+            "egress_blocked: the reply held a value revealed for the call"
+        );
+    });
+    ConnError::call(StatusCode::BAD_GATEWAY, "egress_blocked", message)
 }
 
 impl ConnectionService {
-    fn route<'c>(
-        &self,
-        conn: &'c Compiled,
-        method: &Method,
-        raw_path: &str,
-    ) -> Result<&'c CompiledRoute, ConnError> {
-        let route = conn
+    /// The route of `conn` for this method and (normalised) path: its position in `routes`.
+    fn route(conn: &Compiled, method: &Method, path: &str) -> Result<usize, ConnError> {
+        let at = conn
             .routes
             .iter()
-            .find(|r| {
-                r.method.as_ref().is_none_or(|m| m == method) && matches(&r.template, raw_path)
+            .position(|r| {
+                r.method.as_ref().is_none_or(|m| m == method) && matches(&r.template, path)
             })
             .ok_or_else(|| {
                 ConnError::Vault(VaultError::NotFound(format!(
@@ -190,9 +316,81 @@ impl ConnectionService {
                     conn.name
                 )))
             })?;
-        let name = &conn.route(route.index).name;
+        let name = &conn.route(at).name;
         audit::note(|e| e.connection = Some(format!("{}@{}/{}", conn.name, conn.version, name)));
-        Ok(route)
+        Ok(at)
+    }
+
+    /// `ANY /v1/gateway/{connection}/{path…}`, before its body is read: the connection and the
+    /// route (the caller is already authenticated and allowed to call this connection).
+    pub async fn admit_outbound(
+        &self,
+        name: &str,
+        method: &Method,
+        raw_path: &str,
+    ) -> Result<Admitted, ConnError> {
+        let conn = self.active(name).await?;
+        if conn.config.kind != Kind::Outbound {
+            return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
+        }
+        let route = Self::route(&conn, method, &normalise_path(raw_path))?;
+        Ok(Admitted { conn, route })
+    }
+
+    /// `ANY /v1/inbound/{connection}/{path…}`, before its body is read: the connection, the
+    /// route, and the connection's key (or, on a public route, the client's rate limit). The
+    /// client may be anyone, so a connection that cannot be used is answered without its
+    /// reasons (they are logged).
+    pub async fn admit_inbound(
+        &self,
+        name: &str,
+        client: IpAddr,
+        method: &Method,
+        raw_path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Admitted, ConnError> {
+        let conn = self.active(name).await.map_err(|e| match e {
+            ConnError::Upstream { message, .. } => {
+                tracing::warn!(connection = name, reason = %message, "an inbound connection cannot be used");
+                ConnError::call(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the connection cannot be used now",
+                )
+            }
+            other => other,
+        })?;
+        if conn.config.kind != Kind::Inbound {
+            return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
+        }
+        let route = Self::route(&conn, method, &normalise_path(raw_path))?;
+        audit::note(|e| {
+            e.action = "inbound_connection".into();
+            e.principal = Some(format!("connection:{name}"));
+        });
+        if conn.route(route).public {
+            let per_minute = conn.config.rate_limit.as_ref().map_or(60, |r| r.per_minute);
+            if !self.limiter.allow(name, client, per_minute) {
+                return Err(ConnError::call(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many calls to this public route; try again in a minute",
+                ));
+            }
+        } else {
+            let presented = crate::governance::accounts::bearer(headers).unwrap_or_default();
+            match self.check_key(name, presented).await? {
+                Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
+                None => {
+                    return Err(ConnError::call(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "this route needs the connection's key: send `Authorization: Bearer <key>`",
+                    ));
+                }
+            }
+        }
+        Ok(Admitted { conn, route })
     }
 
     /// Runs a function on the call's path; its output replaces the message.
@@ -209,15 +407,7 @@ impl ConnectionService {
             .functions
             .transform(name, hook, message, purpose)
             .await
-            .map_err(|e| match e {
-                crate::functions::FunctionsError::NotFound(what) => ConnError::call(
-                    StatusCode::BAD_GATEWAY,
-                    "function_error",
-                    format!("the route's {what} is not available"),
-                ),
-                crate::functions::FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
-                other => ConnError::Internal(other.to_string()),
-            })?;
+            .map_err(|e| function_failure(name, e))?;
         audit::note(|e| e.count("function_us", t.duration_us));
         revealed.extend(t.revealed);
         t.result.map_err(|f| {
@@ -230,7 +420,7 @@ impl ConnectionService {
             };
             // A guest's message is its own text: it must not carry what it revealed, and its
             // internal failures are logged, not shown.
-            let hidden = f.message.starts_with("internal") || holds_revealed(&f.message, revealed);
+            let hidden = f.message.starts_with("internal") || reveals(&f.message, revealed);
             let message = if hidden {
                 format!("the function `{name}` failed ({})", f.kind)
             } else {
@@ -420,35 +610,7 @@ impl ConnectionService {
                 .vault
                 .tokenize(&rule.vault, &rule.table, &rule.column, values, &gate)
                 .await
-                .map_err(|e| {
-                    let (status, code) = if reply {
-                        (StatusCode::BAD_GATEWAY, "upstream_error")
-                    } else {
-                        (StatusCode::BAD_REQUEST, "invalid_request")
-                    };
-                    match e {
-                        VaultError::Invalid { details, .. } => ConnError::call(
-                            status,
-                            code,
-                            format!(
-                                "`{location}` is not a valid value for {}/{}/{}: {}",
-                                rule.vault,
-                                rule.table,
-                                rule.column,
-                                details.first().map_or("invalid", |d| d.reason.as_str())
-                            ),
-                        ),
-                        VaultError::Forbidden { .. } => ConnError::call(
-                            StatusCode::FORBIDDEN,
-                            "forbidden",
-                            format!(
-                                "`{location}`: the connection's policies do not allow tokenizing into {}/{}/{}",
-                                rule.vault, rule.table, rule.column
-                            ),
-                        ),
-                        other => ConnError::Vault(other),
-                    }
-                })?;
+                .map_err(|e| tokenize_failure(e, &location, rule, reply))?;
             for (i, t) in members.iter().zip(issued) {
                 tokens[*i] = Some(t);
             }
@@ -513,18 +675,15 @@ impl ConnectionService {
     /// to call this connection.
     pub async fn call_outbound(
         &self,
-        name: &str,
+        Admitted { conn, route }: Admitted,
         purpose: &str,
         req: CallRequest,
     ) -> Result<CallResponse, ConnError> {
-        let conn = self.active(name).await?;
-        if conn.config.kind != Kind::Outbound {
-            return Err(VaultError::NotFound(format!("outbound connection `{name}`")).into());
-        }
-        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let route = &conn.routes[route];
         let config = conn.route(route.index);
         check_body(&conn, &req.body)?;
-        let mut headers = forwardable(&req.headers);
+        let path = normalise_path(&req.raw_path);
+        let mut headers = forwardable(&req.headers, false);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
         let mut revealed: Vec<Zeroizing<String>> = Vec::new();
@@ -556,7 +715,7 @@ impl ConnectionService {
         }
 
         // 2. Where it goes (the caller's path may not leave the base URL).
-        let mut url = target(&conn, &req.raw_path, query)?;
+        let mut url = target(&conn, &path, query)?;
         let mut method = req.method;
 
         // 3. The request function.
@@ -618,10 +777,7 @@ impl ConnectionService {
 
         // 7. Nothing revealed goes back.
         if leaks(&resp.headers, &resp.body, &revealed) {
-            audit::note(|e| e.count("egress_blocked", 1));
-            return Err(ConnError::call(
-                StatusCode::BAD_GATEWAY,
-                "egress_blocked",
+            return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller; tokenize it in the route's response rules",
             ));
         }
@@ -654,7 +810,7 @@ impl ConnectionService {
                 "the function returned an invalid method",
             )
         })?;
-        let headers = forwardable(&from_wit_headers(&out.headers)?);
+        let headers = forwardable(&from_wit_headers(&out.headers)?, false);
         Ok((method, url, headers, out.body))
     }
 
@@ -692,48 +848,18 @@ impl ConnectionService {
         revealed.extend(conn.secret_values.iter().cloned());
     }
 
-    /// `ANY /v1/inbound/{connection}/{path…}`: authenticated here, with the connection's own
-    /// key, unless the route is public.
+    /// `ANY /v1/inbound/{connection}/{path…}`, admitted by [`Self::admit_inbound`].
     pub async fn call_inbound(
         &self,
-        name: &str,
+        Admitted { conn, route }: Admitted,
         client: IpAddr,
         req: CallRequest,
     ) -> Result<CallResponse, ConnError> {
-        let conn = self.active(name).await?;
-        if conn.config.kind != Kind::Inbound {
-            return Err(VaultError::NotFound(format!("inbound connection `{name}`")).into());
-        }
-        let route = self.route(&conn, &req.method, &req.raw_path)?;
+        let route = &conn.routes[route];
         let config = conn.route(route.index);
-        audit::note(|e| {
-            e.action = "inbound_connection".into();
-            e.principal = Some(format!("connection:{name}"));
-        });
-        if config.public {
-            let per_minute = conn.config.rate_limit.as_ref().map_or(60, |r| r.per_minute);
-            if !self.limiter.allow(name, client, per_minute) {
-                return Err(ConnError::call(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many calls to this public route; try again in a minute",
-                ));
-            }
-        } else {
-            let presented = crate::governance::accounts::bearer(&req.headers).unwrap_or_default();
-            match self.check_key(name, presented).await? {
-                Some(key_id) => audit::note(|e| e.key_id = Some(key_id)),
-                None => {
-                    return Err(ConnError::call(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        "this route needs the connection's key: send `Authorization: Bearer <key>`",
-                    ));
-                }
-            }
-        }
+        let path = normalise_path(&req.raw_path);
         check_body(&conn, &req.body)?;
-        let mut headers = forwardable(&req.headers);
+        let mut headers = forwardable(&req.headers, true);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
         if !route.tokenize_request.is_empty() {
@@ -752,7 +878,7 @@ impl ConnectionService {
             )
             .await?;
         }
-        let mut url = target(&conn, &req.raw_path, query)?;
+        let mut url = target(&conn, &path, query)?;
         let mut method = req.method;
         let mut revealed = Vec::new();
         if let Some(f) = &config.request.function {
@@ -762,8 +888,15 @@ impl ConnectionService {
         }
         headers.insert(
             HeaderName::from_static("x-strongroom-connection"),
-            HeaderValue::from_str(name)
+            HeaderValue::from_str(&conn.name)
                 .map_err(|_| ConnError::Internal("connection name".into()))?,
+        );
+        // The peer the gateway saw (a load balancer's address behind one), never the client's
+        // own claim.
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_str(&client.to_string())
+                .map_err(|_| ConnError::Internal("client address".into()))?,
         );
         if let Some(key) = &conn.signing_key {
             let t = chrono::Utc::now().timestamp();
@@ -777,14 +910,100 @@ impl ConnectionService {
         Self::add_configured_headers(&conn, &mut headers, &mut revealed);
         let resp = self.forward(&conn, method, url, headers, body).await?;
         if leaks(&resp.headers, &resp.body, &revealed) {
-            audit::note(|e| e.count("egress_blocked", 1));
-            return Err(ConnError::call(
-                StatusCode::BAD_GATEWAY,
-                "egress_blocked",
+            return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller",
             ));
         }
         Ok(resp)
+    }
+}
+
+/// A function that could not run to its end is the call's 502 (never a 500): not there, did
+/// not stop in time, or its task failed. The reason is logged; a database failure is the
+/// database's answer.
+fn function_failure(name: &str, e: crate::functions::FunctionsError) -> ConnError {
+    use crate::functions::FunctionsError;
+    match e {
+        FunctionsError::NotFound(what) => ConnError::call(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!("the route's {what} is not available"),
+        ),
+        FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
+        other => {
+            tracing::warn!(function = name, reason = %other, "a connection's function did not complete");
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "function_error",
+                format!("the function `{name}` did not complete"),
+            )
+        }
+    }
+}
+
+/// A tokenize rule's failure as the caller sees it. `reply`: the value is the upstream's (502);
+/// otherwise it is an inbound client's, and that client may be anyone, so the message names
+/// the location but never the vault, table or column behind it. A rule whose column is gone
+/// (dropped after the connection was configured) is the connection's fault: 502, logged.
+fn tokenize_failure(
+    e: VaultError,
+    location: &str,
+    rule: &super::config::TokenizeRule,
+    reply: bool,
+) -> ConnError {
+    let column = format!("{}/{}/{}", rule.vault, rule.table, rule.column);
+    let into = if reply { column.as_str() } else { "its column" };
+    match e {
+        VaultError::Invalid { details, .. } => {
+            let (status, code) = if reply {
+                (StatusCode::BAD_GATEWAY, "upstream_error")
+            } else {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            };
+            ConnError::call(
+                status,
+                code,
+                format!(
+                    "`{location}` is not a valid value for {into}: {}",
+                    details.first().map_or("invalid", |d| d.reason.as_str())
+                ),
+            )
+        }
+        VaultError::Forbidden { .. } => ConnError::call(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("`{location}`: the connection's policies do not allow tokenizing into {into}"),
+        ),
+        VaultError::NotFound(what) => {
+            tracing::warn!(column = %column, missing = %what, "a connection's tokenize rule points at a column that is gone");
+            ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!(
+                    "`{location}`: the route's tokenize rule cannot be applied; its column is gone"
+                ),
+            )
+        }
+        VaultError::Conflict { .. } if !reply => ConnError::call(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{location}`: this value is already taken"),
+        ),
+        other => ConnError::Vault(other),
+    }
+}
+
+/// A call that passed the checks needing no body ([`ConnectionService::admit_outbound`],
+/// [`ConnectionService::admit_inbound`]): its connection's version and route.
+pub struct Admitted {
+    conn: std::sync::Arc<Compiled>,
+    route: usize,
+}
+
+impl Admitted {
+    /// The most the request body may hold: read no more.
+    pub fn max_body_bytes(&self) -> usize {
+        self.conn.config.max_body_bytes
     }
 }
 
@@ -849,4 +1068,122 @@ fn upstream_failure(e: &reqwest::Error) -> ConnError {
             "the upstream's reply could not be read"
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revealed(values: &[&str]) -> Vec<Zeroizing<String>> {
+        values
+            .iter()
+            .map(|v| Zeroizing::new(v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn leak_check_sees_the_encodings_an_echo_uses() {
+        let values = revealed(&[
+            "Grace Hopper",
+            "ada@example.test",
+            "José/Ñ",
+            "4242424242424242",
+        ]);
+        for text in [
+            "Grace Hopper",
+            "?customer=Grace%20Hopper",
+            "?customer=Grace+Hopper",
+            r#"{"c":"Grace\u0020Hopper"}"#,
+            r#"{"c":"\u0047race Hopper"}"#,
+            "ada%40example.test",
+            "ada%40example%2Etest",
+            r#"{"next":"\/x?e=ada%40example.test"}"#,
+            "Jos%C3%A9%2F%C3%91",
+            "Jos%c3%a9%2f%c3%91",
+            r#""Jos\u00e9\/\u00d1""#,
+            r#""Jos\u00E9/\u00D1""#,
+            "4242424242424242",
+        ] {
+            assert!(reveals(text, &values), "{text}");
+        }
+        for text in [
+            "Grace Hoppe",
+            "Grace%2BHopper",
+            "GRACE%20HOPPER",
+            "ada%41example.test",
+            r#""Grace\u00"#,
+            "%",
+            "\\",
+        ] {
+            assert!(!reveals(text, &values), "{text}");
+        }
+        // values no encoder rewrites are only looked for as they are
+        let digits = revealed(&["4242424242424242"]);
+        assert!(!reveals(&"%34%32".repeat(8), &digits));
+    }
+
+    #[test]
+    fn json_unescape_decodes_escapes_and_keeps_the_rest() {
+        assert_eq!(
+            json_unescape(r#"a\"b\\c\/d\n\u00e9\ud83d\ude00\x\u12"#),
+            "a\"b\\c/d\né\u{1F600}\\x\\u12"
+        );
+        assert_eq!(json_unescape(r"\ud83d lone"), "\u{FFFD} lone");
+        assert_eq!(json_unescape("end\\"), "end\\");
+    }
+
+    #[test]
+    fn headers_named_by_connection_stay_on_the_hop_both_ways() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close, X-Hop"),
+            ("x-hop", "1"),
+            ("x-kept", "2"),
+            ("keep-alive", "timeout=5"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("content-length", "3"),
+        ] {
+            headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let names = |h: &HeaderMap| h.keys().map(|k| k.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&forwardable(&headers, true)), ["x-kept"]);
+        assert_eq!(
+            names(&forwardable(&headers, false)),
+            ["x-kept", "x-forwarded-for", "forwarded"]
+        );
+        assert_eq!(
+            names(&returnable(&headers)),
+            [
+                "x-kept",
+                "x-http-method-override",
+                "x-forwarded-for",
+                "forwarded"
+            ]
+        );
+    }
+
+    #[test]
+    fn functions_that_do_not_complete_are_502_never_500() {
+        use crate::functions::FunctionsError;
+        for e in [
+            FunctionsError::Internal("the invocation did not stop in time".into()),
+            FunctionsError::Internal("the invocation failed".into()),
+            FunctionsError::Invalid("x".into()),
+            FunctionsError::NotFound("function `f`".into()),
+        ] {
+            match function_failure("f", e) {
+                ConnError::Upstream {
+                    status,
+                    code,
+                    message,
+                } => {
+                    assert_eq!((status, code), (StatusCode::BAD_GATEWAY, "function_error"));
+                    assert!(!message.contains("invocation"), "{message}");
+                }
+                other => unreachable!("{other:?}"),
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Connections as stored things: versions, validation against the vaults and functions they
 //! name, the secret store, inbound keys, and the compiled form the gateway runs.
 
-use super::config::{ConnectionConfig, Kind, Segment, parse_template, secret_refs};
+use super::config::{
+    ConnectionConfig, Kind, Segment, TemplatePart, parse_template, secret_refs, template_parts,
+};
 use super::egress::{self, EgressPolicy};
 use super::locations::Selector;
 use super::{ConnError, Deps};
@@ -48,30 +50,65 @@ impl Compiled {
     }
 }
 
-/// Fixed one-minute windows per (connection, client address), for public inbound routes.
+/// Fixed one-minute windows per (connection, client), for public inbound routes. A client is
+/// an IPv4 address or an IPv6 /64 (one subscriber's usual allocation, which it can rotate
+/// through freely); an IPv4-mapped IPv6 address counts as its IPv4 address.
 #[derive(Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<(String, std::net::IpAddr), (i64, u32)>>,
+    windows: Mutex<Windows>,
 }
+
+#[derive(Default)]
+struct Windows {
+    /// The minute every entry counts in; all of them start over when it changes.
+    minute: i64,
+    counts: HashMap<(String, std::net::IpAddr), u32>,
+}
+
+/// The most clients counted in one minute. A flood of distinct addresses fills the map at most
+/// this far; new clients are then refused until the minute ends, and no call ever walks it.
+const MAX_CLIENTS: usize = 100_000;
 
 impl RateLimiter {
     /// Counts a call; false when over `per_minute` in the current minute.
     pub fn allow(&self, connection: &str, addr: std::net::IpAddr, per_minute: u32) -> bool {
-        let minute = Utc::now().timestamp() / 60;
+        self.allow_at(Utc::now().timestamp() / 60, connection, addr, per_minute)
+    }
+
+    fn allow_at(
+        &self,
+        minute: i64,
+        connection: &str,
+        addr: std::net::IpAddr,
+        per_minute: u32,
+    ) -> bool {
         let Ok(mut w) = self.windows.lock() else {
             return false;
         };
-        if w.len() > 100_000 {
-            w.retain(|_, (m, _)| *m == minute);
+        if w.minute != minute {
+            w.minute = minute;
+            w.counts.clear();
         }
-        let entry = w
-            .entry((connection.to_string(), addr))
-            .or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
+        let key = (connection.to_string(), client_of(addr));
+        if w.counts.len() >= MAX_CLIENTS && !w.counts.contains_key(&key) {
+            return false;
         }
-        entry.1 += 1;
-        entry.1 <= per_minute
+        let count = w.counts.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count <= per_minute
+    }
+}
+
+/// The client a public route's limit counts: an IPv4 address, or an IPv6 address's /64.
+fn client_of(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !(u128::from(u64::MAX)),
+            )),
+        },
+        v4 => v4,
     }
 }
 
@@ -81,8 +118,59 @@ pub struct ConnectionService {
     pub(super) deps: Deps,
     pub(super) egress: Arc<EgressPolicy>,
     secrets_key: Key,
-    compiled: RwLock<HashMap<String, Arc<Compiled>>>,
+    compiled: VersionCache<Arc<Compiled>>,
     pub(super) limiter: RateLimiter,
+}
+
+/// The compiled versions by connection name, and a generation that every change bumps.
+///
+/// INVARIANT: a version read from the database before a change is never cached after it. A
+/// compile reads the database and awaits, so a `forget` (after an update, activation, delete or
+/// secret change) can land between its read and its insert; the insert then sees a newer
+/// generation and keeps nothing, instead of putting the stale version (or a deleted
+/// connection, or a rotated secret) back until the next change.
+pub(super) struct VersionCache<T> {
+    inner: RwLock<(HashMap<String, T>, u64)>,
+}
+
+impl<T: Clone> VersionCache<T> {
+    fn new() -> Self {
+        VersionCache {
+            inner: RwLock::new((HashMap::new(), 0)),
+        }
+    }
+
+    /// The cached entry, or the generation to hand to [`VersionCache::insert`] once the entry
+    /// has been built from what the database holds now.
+    fn get(&self, name: &str) -> Result<T, u64> {
+        match self.inner.read() {
+            Ok(c) => c.0.get(name).cloned().ok_or(c.1),
+            Err(_) => Err(u64::MAX),
+        }
+    }
+
+    /// Caches `value` unless something changed since [`VersionCache::get`] gave `generation`.
+    fn insert(&self, name: &str, value: T, generation: u64) {
+        if let Ok(mut c) = self.inner.write()
+            && c.1 == generation
+        {
+            c.0.insert(name.to_string(), value);
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut c) = self.inner.write() {
+            c.0.remove(name);
+            c.1 += 1;
+        }
+    }
+
+    fn forget_all(&self) {
+        if let Ok(mut c) = self.inner.write() {
+            c.0.clear();
+            c.1 += 1;
+        }
+    }
 }
 
 fn invalid(details: Vec<Detail>) -> ConnError {
@@ -103,7 +191,7 @@ impl ConnectionService {
             deps,
             egress: Arc::new(egress),
             secrets_key,
-            compiled: RwLock::default(),
+            compiled: VersionCache::new(),
             limiter: RateLimiter::default(),
         }
     }
@@ -609,22 +697,19 @@ impl ConnectionService {
     // ---- compiled versions ---------------------------------------------------------------
 
     fn forget(&self, name: &str) {
-        if let Ok(mut c) = self.compiled.write() {
-            c.remove(name);
-        }
+        self.compiled.forget(name);
     }
 
     fn forget_all(&self) {
-        if let Ok(mut c) = self.compiled.write() {
-            c.clear();
-        }
+        self.compiled.forget_all();
     }
 
     /// The active version of `name`, compiled (cached until the connection changes).
     pub(super) async fn active(&self, name: &str) -> Result<Arc<Compiled>, ConnError> {
-        if let Some(c) = self.compiled.read().ok().and_then(|m| m.get(name).cloned()) {
-            return Ok(c);
-        }
+        let generation = match self.compiled.get(name) {
+            Ok(c) => return Ok(c),
+            Err(generation) => generation,
+        };
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -639,9 +724,7 @@ impl ConnectionService {
         let config: ConnectionConfig = serde_json::from_value(row.get(1))
             .map_err(|_| ConnError::Internal("a stored connection does not parse".into()))?;
         let compiled = Arc::new(self.compile(version, config).await?);
-        if let Ok(mut c) = self.compiled.write() {
-            c.insert(name.to_string(), compiled.clone());
-        }
+        self.compiled.insert(name, compiled.clone(), generation);
         Ok(compiled)
     }
 
@@ -791,11 +874,26 @@ fn header_with_secrets(
     template: &str,
     secrets: &HashMap<String, Zeroizing<String>>,
 ) -> Result<(http::HeaderName, http::HeaderValue), ConnError> {
-    let mut value = Zeroizing::new(template.to_string());
-    for (secret, plain) in secrets {
-        let needle = format!("{{{{secret.{secret}}}}}");
-        if value.contains(&needle) {
-            *value = value.replace(&needle, plain.as_str());
+    let parts = template_parts(template)
+        .map_err(|_| ConnError::Internal(format!("stored connection: header `{name}`")))?;
+    // Sized up front: a growing buffer would leave copies of a secret behind, unzeroed.
+    let len = parts
+        .iter()
+        .map(|part| match part {
+            TemplatePart::Text(text) => text.len(),
+            TemplatePart::Secret(secret) => secrets.get(*secret).map_or(0, |v| v.len()),
+        })
+        .sum();
+    let mut value = Zeroizing::new(String::with_capacity(len));
+    for part in parts {
+        match part {
+            TemplatePart::Text(text) => value.push_str(text),
+            TemplatePart::Secret(secret) => {
+                let plain = secrets.get(secret).ok_or_else(|| {
+                    ConnError::Internal(format!("stored connection: secret of header `{name}`"))
+                })?;
+                value.push_str(plain);
+            }
         }
     }
     let (Ok(header), Ok(mut value)) = (
@@ -853,4 +951,101 @@ fn identity(cert: &str, key: &str) -> Option<()> {
 
 fn secret_aad(name: &str) -> Vec<u8> {
     [b"strongroom secret:".as_slice(), name.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or_else(|_| unreachable!("an address"))
+    }
+
+    #[test]
+    fn a_forget_during_a_compile_keeps_the_stale_version_out_of_the_cache() {
+        let cache = VersionCache::new();
+        // a call misses and reads version 1 from the database...
+        let Err(generation) = cache.get("stripe") else {
+            unreachable!("empty cache")
+        };
+        // ...meanwhile the connection is updated (or deleted, or a secret rotated)...
+        cache.forget("stripe");
+        // ...and the call's compile finishes: it is served once but not cached.
+        cache.insert("stripe", 1, generation);
+        let Err(next) = cache.get("stripe") else {
+            unreachable!("the stale version was cached")
+        };
+        // the next call compiles what is current and keeps it
+        cache.insert("stripe", 2, next);
+        assert_eq!(cache.get("stripe"), Ok(2));
+        // forget_all (a secret changed) counts as a change for every name
+        let Err(generation) = cache.get("other") else {
+            unreachable!("empty")
+        };
+        cache.forget_all();
+        cache.insert("other", 7, generation);
+        assert!(cache.get("other").is_err());
+        assert!(cache.get("stripe").is_err());
+    }
+
+    #[test]
+    fn secrets_fill_header_templates_in_one_pass() {
+        let secrets: HashMap<String, Zeroizing<String>> =
+            [("a", "{{secret.b}}"), ("b", "signing-secret-value")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
+                .collect();
+        let filled = |template: &str| {
+            header_with_secrets("authorization", template, &secrets)
+                .map(|(_, v)| v.to_str().map(str::to_string).unwrap_or_default())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            filled("Bearer {{ secret.b }}").as_deref(),
+            Ok("Bearer signing-secret-value")
+        );
+        // a secret's value is text, never a template: `a` does not expand `b`
+        assert_eq!(filled("k={{secret.a}};").as_deref(), Ok("k={{secret.b}};"));
+        assert_eq!(
+            filled("{{secret.b}}/{{ secret.a}}").as_deref(),
+            Ok("signing-secret-value/{{secret.b}}")
+        );
+    }
+
+    #[test]
+    fn rate_limit_groups_ipv6_by_64_and_mapped_ipv4_with_ipv4() {
+        let limiter = RateLimiter::default();
+        let allowed = (1..=61)
+            .filter(|i| limiter.allow_at(5, "signup", ip(&format!("2001:db8::{i:x}")), 60))
+            .count();
+        assert_eq!(allowed, 60, "one /64 is one client");
+        assert!(limiter.allow_at(5, "signup", ip("2001:db8:0:1::1"), 60));
+        assert!(!limiter.allow_at(5, "signup", ip("2001:db8::ffff:1"), 60));
+        assert!(
+            limiter.allow_at(5, "other", ip("2001:db8::1"), 60),
+            "per connection"
+        );
+        for _ in 0..2 {
+            assert!(limiter.allow_at(5, "signup", ip("192.0.2.1"), 3));
+        }
+        assert!(limiter.allow_at(5, "signup", ip("::ffff:192.0.2.1"), 3));
+        assert!(!limiter.allow_at(5, "signup", ip("192.0.2.1"), 3));
+        // a new minute starts over
+        assert!(limiter.allow_at(6, "signup", ip("192.0.2.1"), 3));
+        assert!(limiter.allow_at(6, "signup", ip("2001:db8::1"), 60));
+    }
+
+    #[test]
+    fn rate_limit_map_has_a_hard_cap() {
+        let limiter = RateLimiter::default();
+        for i in 0..MAX_CLIENTS as u32 {
+            assert!(limiter.allow_at(1, "c", IpAddr::V4(std::net::Ipv4Addr::from_bits(i)), 5));
+        }
+        // full: known clients keep counting, new ones wait for the next minute
+        assert!(limiter.allow_at(1, "c", IpAddr::V4(std::net::Ipv4Addr::from_bits(7)), 5));
+        assert!(!limiter.allow_at(1, "c", ip("198.51.100.1"), 5));
+        assert!(limiter.allow_at(2, "c", ip("198.51.100.1"), 5));
+        assert_eq!(limiter.windows.lock().map(|w| w.counts.len()).ok(), Some(1));
+    }
 }
