@@ -216,6 +216,11 @@ impl ConnectionService {
                     format!("the route's {what} is not available"),
                 ),
                 crate::functions::FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
+                e @ crate::functions::FunctionsError::Unavailable => ConnError::call(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                ),
                 other => ConnError::Internal(other.to_string()),
             })?;
         audit::note(|e| e.count("function_us", t.duration_us));

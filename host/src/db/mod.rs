@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rotation_walk",
         include_str!("../../../migrations/0007_rotation_walk.sql"),
     ),
+    (
+        8,
+        "function_artifacts",
+        include_str!("../../../migrations/0008_function_artifacts.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.
