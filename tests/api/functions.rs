@@ -182,18 +182,29 @@ async fn a_function_named_like_a_service_account_does_not_share_its_grants() {
     assert_refused(&out);
 }
 
+fn charge(card: &str) -> Value {
+    json!({"amount": 1000, "currency": "usd",
+        "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"}})
+}
+
+/// A test run reveals only what its caller may read: with the card guardrail on, not even the
+/// admin reads a card number in plain, so neither does the function it invokes.
 #[tokio::test]
-async fn plaintext_never_returns_to_the_caller() {
+async fn the_card_guardrail_holds_in_a_test_run() {
     let app = TestApp::spawn().await;
     let (_, card) = vault_with_dob(&app).await;
     upload_granted(&app, "stripe-reshape", &["card"], "payment_reshape").await;
-    let out = invoke(
-        &app,
-        "stripe-reshape",
-        json!({"amount": 1000, "currency": "usd",
-        "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}),
-    )
-    .await;
+    let out = invoke(&app, "stripe-reshape", charge(&card)).await;
+    assert_refused(&out);
+    assert!(!out.to_string().contains("4111111111111111"));
+}
+
+#[tokio::test]
+async fn plaintext_never_returns_to_the_caller() {
+    let app = TestApp::spawn_with(|s| s.allow_plaintext_cards = true).await;
+    let (_, card) = vault_with_dob(&app).await;
+    upload_granted(&app, "stripe-reshape", &["card"], "payment_reshape").await;
+    let out = invoke(&app, "stripe-reshape", charge(&card)).await;
     // the reshaped request holds the card number: fine for the processor, not for this caller
     assert_eq!(out["error"]["kind"], "egress_blocked", "{out}");
     assert!(out.get("message").is_none());
@@ -296,15 +307,7 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
         .unwrap()
         .count();
     assert!(cached >= 2, "{cached} cached artifacts");
-    app.stop().await;
-    let settings = strongroom_tests::test_settings(app.data_dir.clone());
-    let mut again = TestApp::start(
-        settings,
-        app.db_name.clone(),
-        app.db.clone(),
-        app.data_dir.clone(),
-    )
-    .await;
+    let mut again = restart(&mut app).await;
     let out = invoke(&again, "echo", json!({"y": 2})).await;
     assert_eq!(out["message"]["body"], "{\"y\":2}", "{out}");
     let (status, _) = again.delete("/v1/functions/echo").await;
@@ -317,6 +320,24 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     again.stop().await;
+}
+
+/// Stops `app` and starts a server again on its database and data directory.
+async fn restart(app: &mut TestApp) -> TestApp {
+    app.stop().await;
+    start_again(app).await
+}
+
+/// A server on the database and data directory of the stopped `app`.
+async fn start_again(app: &TestApp) -> TestApp {
+    let settings = strongroom_tests::test_settings(app.data_dir.clone());
+    TestApp::start(
+        settings,
+        app.db_name.clone(),
+        app.db.clone(),
+        app.data_dir.clone(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -391,6 +412,22 @@ async fn hostile_components_are_contained() {
 
 /// A vault with a stored contract, for `file-extract`; returns the record id.
 async fn vault_with_contract(app: &TestApp) -> String {
+    vault_with_file(
+        app,
+        "contract.pdf",
+        "application/pdf",
+        "JVBERi0xLjcgY29udHJhY3Q=",
+    )
+    .await
+}
+
+/// The vault `legal` with one file (column `contracts.pdf`) in one record; returns its id.
+async fn vault_with_file(
+    app: &TestApp,
+    name: &str,
+    media_type: &str,
+    content_base64: &str,
+) -> String {
     let (status, body) = app
         .post(
             "/v1/vaults",
@@ -402,8 +439,8 @@ async fn vault_with_contract(app: &TestApp) -> String {
     let (status, body) = app
         .post(
             "/v1/vaults/legal/tables/contracts/records",
-            json!({"records": [{"fields": {"pdf": {"name": "contract.pdf",
-                "media_type": "application/pdf", "content_base64": "JVBERi0xLjcgY29udHJhY3Q="}}}]}),
+            json!({"records": [{"fields": {"pdf": {"name": name,
+                "media_type": media_type, "content_base64": content_base64}}}]}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -552,4 +589,348 @@ async fn a_stalled_statement_is_answered_503() {
     db.batch_execute("COMMIT").await.unwrap();
     let (status, body) = new_version().await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// Starts a test run of `name` on its own task (so many can be in flight); the task answers
+/// the status, the body and how long the run took.
+fn invoke_spawned(
+    app: &TestApp,
+    name: &str,
+    headers: Value,
+) -> tokio::task::JoinHandle<(StatusCode, Value, Duration)> {
+    let (client, url) = (
+        app.client.clone(),
+        format!("{}/v1/functions/{name}/invoke", app.base),
+    );
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let resp = client
+            .post(url)
+            .bearer_auth(strongroom_tests::ADMIN_KEY)
+            .json(
+                &json!({"message": {"method": "POST", "url": "https://x.example/",
+                "headers": headers, "body": "{}"}}),
+            )
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body, started.elapsed())
+    })
+}
+
+/// Uploads `sleeper` (hostile_sleep, with `timeout_ms`) and `ok` (hostile_trivial).
+async fn sleeper_and_trivial(app: &TestApp, timeout_ms: u64) {
+    for (name, component, limits) in [
+        (
+            "sleeper",
+            "hostile_sleep",
+            json!({"timeout_ms": timeout_ms}),
+        ),
+        ("ok", "hostile_trivial", json!({})),
+    ] {
+        let (status, body) = app
+            .upload_function(manifest(name, json!([]), limits), guest(component), None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+/// A guest blocked in a host call (here WASI's clock: `std::thread::sleep`) runs no wasm code,
+/// so the epoch never stops it: the function's deadline bounds the whole call all the same.
+/// More sleepers than the sandbox has instances each get the timeout, every instance comes
+/// back, and other functions are served meanwhile.
+#[tokio::test]
+async fn a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline() {
+    let app = TestApp::spawn().await;
+    sleeper_and_trivial(&app, 200).await;
+    let started = Instant::now();
+    let sleepers: Vec<_> = (0..70)
+        .map(|_| invoke_spawned(&app, "sleeper", json!([])))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ok = invoke(&app, "ok", json!({"still": "served"})).await;
+    assert!(ok.get("error").is_none(), "{ok}");
+    for s in sleepers {
+        let (status, out, took) = s.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert_eq!(out["error"]["kind"], "trap", "{out}");
+        assert_eq!(out["error"]["trap"], "interrupt", "{out}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "answered after {took:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // every instance is free again: as many runs as the pool holds go through at once
+    let again: Vec<_> = (0..64)
+        .map(|_| invoke_spawned(&app, "ok", json!([])))
+        .collect();
+    for a in again {
+        let (status, out, _) = a.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert!(out.get("error").is_none(), "{out}");
+    }
+}
+
+/// When every sandbox instance is busy, a test run waits a little and is then answered 503
+/// `unavailable` (not a trap, not a 502).
+#[tokio::test]
+async fn every_instance_busy_is_answered_503() {
+    let app = TestApp::spawn().await;
+    sleeper_and_trivial(&app, 4000).await;
+    let sleepers: Vec<_> = (0..64)
+        .map(|_| invoke_spawned(&app, "sleeper", json!([["x-sleep-ms", "3500"]])))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, body, took) = invoke_spawned(&app, "ok", json!([])).await.unwrap();
+    let err = assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(err["message"].as_str().unwrap().contains("busy"), "{err}");
+    assert!(took < Duration::from_millis(2000), "{took:?}");
+    for s in sleepers {
+        let (status, out, _) = s.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert!(out.get("error").is_none(), "{out}");
+    }
+    let ok = invoke(&app, "ok", json!({"after": true})).await;
+    assert!(ok.get("error").is_none(), "{ok}");
+}
+
+/// A test run answers its caller, so each reveal the function makes must be allowed to the
+/// caller too: a caller who may invoke functions but not detokenize gets nothing derived from
+/// the plaintext (the function is refused inside the sandbox); once allowed, it does.
+#[tokio::test]
+async fn a_test_run_reveals_only_what_its_caller_may_read() {
+    let app = TestApp::spawn().await;
+    let (dob, _) = vault_with_dob(&app).await;
+    let key = app.service_account("tester", &["support"]).await;
+    let may_invoke = "@id(\"tester-invokes\")\npermit (principal == Strongroom::ServiceAccount::\"tester\", action == Strongroom::Action::\"invoke_function\", resource);";
+    let (status, body) = app
+        .policies(&format!("{FUNCTIONS_MAY_DETOKENIZE}\n{may_invoke}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    upload_granted(&app, "date-split", &["dob"], "date_split").await;
+    let run = |key: String| {
+        let app = &app;
+        let dob = dob.clone();
+        async move {
+            app.call_as(
+                Some(&key),
+                reqwest::Method::POST,
+                "/v1/functions/date-split/invoke",
+                Some(
+                    json!({"message": {"method": "POST", "url": "https://kyc.example/v1/check",
+                    "headers": [["content-type", "application/json"]],
+                    "body": json!({"date_of_birth": dob}).to_string()}}),
+                ),
+            )
+            .await
+        }
+    };
+    let (status, out) = run(key.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_refused(&out);
+    let text = out.to_string();
+    for part in ["1990", "date_of_birth_day", "date_of_birth_year"] {
+        assert!(!text.contains(part), "{part}: {out}");
+    }
+    // the admin may read it: the same run gives it the parts
+    let (status, out) = run(strongroom_tests::ADMIN_KEY.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert!(out["message"]["body"].to_string().contains("1990"), "{out}");
+    // and so does the tester once policies let it detokenize the column itself
+    let (status, body) = app
+        .policies(&format!(
+            "{FUNCTIONS_MAY_DETOKENIZE}\n{may_invoke}\n@id(\"tester-reads\")\npermit (principal == Strongroom::ServiceAccount::\"tester\", action == Strongroom::Action::\"detokenize\", resource);"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, out) = run(key).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert!(out["message"]["body"].to_string().contains("1990"), "{out}");
+}
+
+/// A file that is not text, returned raw as the body, is caught too: the egress check
+/// compares bytes with bytes.
+#[tokio::test]
+async fn raw_file_bytes_do_not_return_to_the_caller() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .policies("@id(\"functions-read\")\npermit (principal is Strongroom::Function, action == Strongroom::Action::\"read\", resource);")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..64u8)
+        .map(|i| 0x80 | i)
+        .chain([0xff, 0xfe, 0, 1])
+        .collect();
+    assert!(std::str::from_utf8(&bytes).is_err());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let record = vault_with_file(&app, "scan.bin", "application/octet-stream", &b64).await;
+    let grant =
+        json!([{"vault": "legal", "table": "contracts", "columns": ["pdf"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest("raw", grant, json!({})),
+            guest("hostile_raw_file"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let out = invoke(
+        &app,
+        "raw",
+        json!({"vault": "legal", "table": "contracts", "record": record, "column": "pdf"}),
+    )
+    .await;
+    assert_eq!(out["error"]["kind"], "egress_blocked", "{out}");
+    assert!(out.get("message").is_none(), "{out}");
+    assert!(!out.to_string().contains(&b64), "{out}");
+}
+
+/// `vault.tokenize` stores only into a column the manifest grants, whatever Cedar allows.
+#[tokio::test]
+async fn tokenize_needs_a_granted_column() {
+    let app = TestApp::spawn().await;
+    vault_with_dob(&app).await;
+    let (status, body) = app
+        .policies("@id(\"functions-tokenize\")\npermit (principal is Strongroom::Function, action == Strongroom::Action::\"tokenize\", resource);")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    upload_granted(&app, "store", &["dob"], "hostile_tokenize_anywhere").await;
+    let into = |column: &str, value: &str| json!({"vault": "kyc", "table": "people", "column": column, "value": value});
+    let out = invoke(&app, "store", into("dob", "1991-02-03")).await;
+    assert!(out.get("error").is_none(), "{out}");
+    assert!(
+        out["message"]["body"].to_string().contains("token"),
+        "{out}"
+    );
+    let out = invoke(&app, "store", into("card", "4012888888881881")).await;
+    assert_refused(&out);
+}
+
+/// A version never changes: the same component with the same manifest is the same version
+/// again; with another manifest it is refused, and the stored one keeps its grants and limits.
+#[tokio::test]
+async fn a_stored_version_cannot_change_its_manifest() {
+    let app = TestApp::spawn().await;
+    let m = |limits: Value| manifest("echo", json!([]), limits);
+    let (status, first) = app
+        .upload_function(
+            m(json!({"timeout_ms": 300})),
+            guest("hostile_trivial"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = app
+        .upload_function(
+            m(json!({"timeout_ms": 300})),
+            guest("hostile_trivial"),
+            Some("echo"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["version"], first["version"]);
+    assert_eq!(again["created_at"], first["created_at"]);
+    let (status, body) = app
+        .upload_function(
+            m(json!({"timeout_ms": 9000})),
+            guest("hostile_trivial"),
+            Some("echo"),
+        )
+        .await;
+    let err = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("another manifest"),
+        "{err}"
+    );
+    let (_, f) = app.get("/v1/functions/echo").await;
+    assert_eq!(f["versions"].as_array().unwrap().len(), 1, "{f}");
+    assert_eq!(
+        f["versions"][0]["manifest"]["limits"]["timeout_ms"], 300,
+        "{f}"
+    );
+}
+
+/// What a guest can count up is capped: log lines (empty ones too) are cut at 1,000 and the
+/// rest counted, stdout past the log's limit is dropped without failing the guest, and vault
+/// calls past the invocation's quota fail with `quota-exceeded`.
+#[tokio::test]
+async fn log_lines_output_and_vault_calls_are_capped() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .upload_function(
+            manifest("greedy", json!([]), json!({"timeout_ms": 5000})),
+            guest("hostile_greedy"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let out = invoke(&app, "greedy", json!({})).await;
+    assert!(out.get("error").is_none(), "{out}");
+    let reply: Value = serde_json::from_str(out["message"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(reply["calls"], 1000, "{reply}");
+    assert_eq!(reply["error"], "quota-exceeded", "{reply}");
+    let logs = out["logs"].as_array().unwrap();
+    assert!(logs.len() <= 1001, "{} lines", logs.len());
+    let last = logs.last().unwrap()["message"].as_str().unwrap();
+    assert!(last.contains("log lines were dropped"), "{last}");
+}
+
+/// The compiled-code cache is the server's alone (0700), and a cached artifact is loaded only
+/// if it is the one the server wrote for that component: another function's artifact copied
+/// over it (valid code for this engine) is ignored and the component compiled again.
+#[tokio::test]
+async fn a_swapped_cache_artifact_is_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut app = TestApp::spawn().await;
+    let mut versions = Vec::new();
+    for (name, component) in [("echo", "hostile_trivial"), ("boom", "hostile_panic")] {
+        let (status, up) = app
+            .upload_function(manifest(name, json!([]), json!({})), guest(component), None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{up}");
+        versions.push(
+            up["version"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string(),
+        );
+    }
+    let cache = app.data_dir.join("functions-cache");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let artifact = |hex: &str| {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(hex))
+            .unwrap_or_else(|| panic!("no artifact for {hex}"))
+    };
+    let (echo, boom) = (artifact(&versions[0]), artifact(&versions[1]));
+    app.stop().await;
+    std::fs::copy(&boom, &echo).unwrap();
+    let mut again = start_again(&app).await;
+    let out = invoke(&again, "echo", json!({"y": 2})).await;
+    assert!(
+        out.get("error").is_none(),
+        "the panicking code was loaded: {out}"
+    );
+    assert_eq!(out["message"]["body"], "{\"y\":2}", "{out}");
+    again.stop().await;
 }

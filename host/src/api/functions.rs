@@ -35,6 +35,11 @@ impl From<FunctionsError> for ApiError {
             FunctionsError::NotFound(what) => ApiError::not_found(&what),
             FunctionsError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             FunctionsError::Db(e) => crate::vault::VaultError::Db(e).into(),
+            e @ FunctionsError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             FunctionsError::Internal(m) => {
                 tracing::error!(request_id = %super::request_id(), error = %m, "function request failed");
                 ApiError::internal()
@@ -173,6 +178,9 @@ async fn invoke(
         Some(_) => return Err(ApiError::invalid("`hook` must be `request` or `response`")),
     };
     let message = body.message.into_message().map_err(ApiError::invalid)?;
-    let result = s.functions.invoke(&name, hook, message, &p.purpose).await?;
+    let result = s
+        .functions
+        .invoke(&name, hook, message, &p.caller, &p.purpose)
+        .await?;
     Ok(axum::Json(result).into_response())
 }

@@ -930,6 +930,9 @@ fn function_failure(name: &str, e: crate::functions::FunctionsError) -> ConnErro
             format!("the route's {what} is not available"),
         ),
         FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
+        e @ FunctionsError::Unavailable => {
+            ConnError::call(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        }
         other => {
             tracing::warn!(function = name, reason = %other, "a connection's function did not complete");
             ConnError::call(

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "governance_hardening",
         include_str!("../../../migrations/0008_governance_hardening.sql"),
     ),
+    (
+        9,
+        "function_artifacts",
+        include_str!("../../../migrations/0009_function_artifacts.sql"),
+    ),
 ];
 
 /// Arbitrary constant for the advisory lock that serialises concurrent migrators.

@@ -137,9 +137,15 @@ pub enum FunctionsError {
     /// down, did not answer in time or had no free connection.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    /// Every sandbox instance stayed busy for [`POOL_WAIT`] (answered 503 `unavailable`).
+    #[error("every function instance is busy; try again")]
+    Unavailable,
     #[error("{0}")]
     Internal(String),
 }
+
+/// How long an invocation waits for a free sandbox instance.
+const POOL_WAIT: Duration = Duration::from_secs(1);
 
 impl From<tokio_postgres::Error> for FunctionsError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -252,34 +258,62 @@ impl MessageView {
     }
 }
 
+/// What a host call of a running function returns (the call is awaited inside the guest's
+/// invocation, so dropping the invocation at its deadline also stops the call).
+pub type HostFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Runs a host call's work as a task of its own, on the runtime's stack rather than the
+/// guest's fiber (whose stack is small: Cedar's evaluation, which watches its stack, would
+/// fail there), and stops it when the call is dropped (the guest's deadline passed).
+fn off_fiber<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> HostFuture<Result<T, String>> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(work));
+    Box::pin(async move {
+        (&mut task.0)
+            .await
+            .unwrap_or_else(|_| Err("internal: the vault call failed".into()))
+    })
+}
+
 /// The capabilities a running function reaches the vault through.
 pub trait FunctionHost: Send + Sync {
     fn detokenize(
-        &self,
+        self: Arc<Self>,
         tokens: Vec<String>,
         level: Redaction,
-    ) -> Result<Vec<Result<Zeroizing<String>, String>>, String>;
+    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>>;
     fn tokenize(
-        &self,
-        vault: &str,
-        table: &str,
-        column: &str,
+        self: Arc<Self>,
+        vault: String,
+        table: String,
+        column: String,
         values: Vec<String>,
-    ) -> Result<Vec<String>, String>;
+    ) -> HostFuture<Result<Vec<String>, String>>;
     /// Reads a file from a file column of one record, at plain.
     fn read_file(
-        &self,
-        vault: &str,
-        table: &str,
-        record: &str,
-        column: &str,
-    ) -> Result<crate::types::file::FileValue, String>;
+        self: Arc<Self>,
+        vault: String,
+        table: String,
+        record: String,
+        column: String,
+    ) -> HostFuture<Result<crate::types::file::FileValue, String>>;
 }
 
 /// Checks the manifest's grants before Cedar: the column is granted at (at least) this level.
+/// In a test run (`invoke`), whose output returns to the caller, the caller must also be
+/// allowed the same reveal at the same level: a caller only sees what is derived from values
+/// it could read itself.
 struct GrantGate {
     grants: Vec<Grant>,
     cedar: CedarGate,
+    invoker: Option<CedarGate>,
 }
 
 fn rank(level: Redaction) -> u8 {
@@ -316,7 +350,15 @@ impl Gate for GrantGate {
             l if rank(l) <= rank(granted) => l,
             _ => return None,
         };
-        self.cedar.reveal(action, vault, table, column, row, level)
+        let level = self
+            .cedar
+            .reveal(action, vault, table, column, row, level)?;
+        match &self.invoker {
+            Some(caller) => {
+                (caller.reveal(action, vault, table, column, row, level)? == level).then_some(level)
+            }
+            None => Some(level),
+        }
     }
 
     fn allows(
@@ -328,12 +370,21 @@ impl Gate for GrantGate {
         row: Option<&RowFacts>,
     ) -> bool {
         self.cedar.allows(action, vault, table, column, row)
+            && self
+                .invoker
+                .as_ref()
+                .is_none_or(|c| c.allows(action, vault, table, column, row))
     }
 
     fn prepare(&self, vault: &LoadedVault, rows: &HashMap<Uuid, RowFacts>) {
         self.cedar.prepare(vault, rows);
+        if let Some(c) = &self.invoker {
+            c.prepare(vault, rows);
+        }
     }
 
+    /// The function's (none: grants are issued to service accounts). A caller's own grants
+    /// thus do not count in a test run either.
     fn grantee(&self) -> Option<&str> {
         self.cedar.grantee()
     }
@@ -344,9 +395,10 @@ struct VaultAccess {
     vault: VaultService,
     gov: Arc<Governance>,
     caller: Caller,
+    /// Who asked for a test run (`invoke`): every reveal must be allowed to them too.
+    invoker: Option<Caller>,
     grants: Vec<Grant>,
     purpose: String,
-    runtime: tokio::runtime::Handle,
     event: Option<Arc<Mutex<audit::Event>>>,
 }
 
@@ -359,21 +411,22 @@ impl VaultAccess {
                 self.caller.clone(),
                 self.purpose.clone(),
             ),
+            invoker: self
+                .invoker
+                .as_ref()
+                .map(|c| self.gov.gate(c, &self.purpose)),
         }
     }
 
-    /// Runs `fut` on the server's runtime from the sandbox thread, inside the request's audit
-    /// event so the decisions are recorded.
-    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+    /// Runs `fut` inside the request's audit event, so the decisions are recorded.
+    async fn scoped<F: std::future::Future>(&self, fut: F) -> F::Output {
         match &self.event {
-            Some(e) => self.runtime.block_on(audit::scope(e.clone(), fut)),
-            None => self.runtime.block_on(fut),
+            Some(e) => audit::scope(e.clone(), fut).await,
+            None => fut.await,
         }
     }
-}
 
-impl FunctionHost for VaultAccess {
-    fn detokenize(
+    async fn detokenize(
         &self,
         tokens: Vec<String>,
         level: Redaction,
@@ -390,7 +443,8 @@ impl FunctionHost for VaultAccess {
         let gate = self.gate();
         for vault in vaults {
             let results = self
-                .block_on(self.vault.detokenize_plain(vault, &tokens, level, &gate))
+                .scoped(self.vault.detokenize_plain(vault, &tokens, level, &gate))
+                .await
                 .map_err(|_| "internal: the vault could not answer".to_string())?;
             for (slot, r) in out.iter_mut().zip(results) {
                 if slot.is_err() {
@@ -411,16 +465,21 @@ impl FunctionHost for VaultAccess {
         Ok(out)
     }
 
-    fn tokenize(
+    async fn tokenize(
         &self,
         vault: &str,
         table: &str,
         column: &str,
         values: Vec<String>,
     ) -> Result<Vec<String>, String> {
+        // As for reveals, the manifest must grant the column (at any level) first.
+        if granted_level(&self.grants, vault, table, column).is_none() {
+            return Err("forbidden".into());
+        }
         let values = values.into_iter().map(serde_json::Value::String).collect();
         let gate = self.gate();
-        self.block_on(self.vault.tokenize(vault, table, column, values, &gate))
+        self.scoped(self.vault.tokenize(vault, table, column, values, &gate))
+            .await
             .map_err(|e| match e {
                 crate::vault::VaultError::Forbidden { .. } => "forbidden".to_string(),
                 crate::vault::VaultError::NotFound(_) => "not-found".to_string(),
@@ -429,7 +488,7 @@ impl FunctionHost for VaultAccess {
             })
     }
 
-    fn read_file(
+    async fn read_file(
         &self,
         vault: &str,
         table: &str,
@@ -442,7 +501,8 @@ impl FunctionHost for VaultAccess {
         }
         let gate = self.gate();
         let file = self
-            .block_on(self.vault.read_file(vault, table, record, column, &gate))
+            .scoped(self.vault.read_file(vault, table, record, column, &gate))
+            .await
             .map_err(|e| match e {
                 crate::vault::VaultError::Forbidden { .. } => "forbidden".to_string(),
                 crate::vault::VaultError::NotFound(_) => "not-found".to_string(),
@@ -461,6 +521,40 @@ impl FunctionHost for VaultAccess {
     }
 }
 
+impl FunctionHost for VaultAccess {
+    fn detokenize(
+        self: Arc<Self>,
+        tokens: Vec<String>,
+        level: Redaction,
+    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>> {
+        off_fiber(async move { VaultAccess::detokenize(&self, tokens, level).await })
+    }
+
+    fn tokenize(
+        self: Arc<Self>,
+        vault: String,
+        table: String,
+        column: String,
+        values: Vec<String>,
+    ) -> HostFuture<Result<Vec<String>, String>> {
+        off_fiber(
+            async move { VaultAccess::tokenize(&self, &vault, &table, &column, values).await },
+        )
+    }
+
+    fn read_file(
+        self: Arc<Self>,
+        vault: String,
+        table: String,
+        record: String,
+        column: String,
+    ) -> HostFuture<Result<crate::types::file::FileValue, String>> {
+        off_fiber(
+            async move { VaultAccess::read_file(&self, &vault, &table, &record, &column).await },
+        )
+    }
+}
+
 /// Functions: storage, compilation cache and invocation.
 pub struct FunctionService {
     pool: Pool,
@@ -473,6 +567,8 @@ pub struct FunctionService {
     active_versions: RwLock<HashMap<String, String>>,
     /// Bumped whenever an active version changes, so a read racing a change is not cached.
     active_generation: std::sync::atomic::AtomicU64,
+    /// One permit per instance slot of the sandbox's pool.
+    instances: tokio::sync::Semaphore,
     vault: VaultService,
     gov: Arc<Governance>,
 }
@@ -490,8 +586,19 @@ impl FunctionService {
     ) -> Result<FunctionService, FunctionsError> {
         let sandbox = Sandbox::new().map_err(|e| FunctionsError::Internal(e.to_string()))?;
         let cache_dir = data_dir.join("functions-cache");
-        std::fs::create_dir_all(&cache_dir)
-            .map_err(|e| FunctionsError::Internal(format!("cannot create the cache: {e}")))?;
+        // INVARIANT: the cache (native code) is the server's alone: mode 0700, made so even
+        // where an older server created it with the default mode.
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&cache_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| FunctionsError::Internal(format!("cannot create the cache: {e}")))?;
+        }
         let engine_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -507,6 +614,7 @@ impl FunctionService {
             invocations: Mutex::default(),
             active_versions: RwLock::default(),
             active_generation: std::sync::atomic::AtomicU64::new(0),
+            instances: tokio::sync::Semaphore::new(sandbox::POOL_INSTANCES as usize),
             vault,
             gov,
         })
@@ -518,18 +626,60 @@ impl FunctionService {
             .join(format!("{hex}-{}.cwasm", self.engine_key))
     }
 
-    /// Compiles (or loads from the disk cache) and pre-instantiates. Blocking.
+    /// Compiles (or loads from the disk cache) and pre-instantiates. The cached artifact is
+    /// used only if its sha256 is the one recorded when this server wrote it (`function_artifacts`);
+    /// otherwise the component is compiled again and the new artifact's hash recorded.
+    async fn compiled(
+        self: &Arc<Self>,
+        version: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Component, TransformPre<State>), FunctionsError> {
+        let recorded: Option<Vec<u8>> = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT sha256 FROM function_artifacts WHERE version = $1 AND engine = $2",
+                &[&version, &self.engine_key],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let this = self.clone();
+        let v2 = version.to_string();
+        let (component, pre, written) =
+            tokio::task::spawn_blocking(move || this.compile(&v2, &bytes, recorded.as_deref()))
+                .await
+                .map_err(|_| FunctionsError::Internal("compilation failed".into()))??;
+        if let Some(sha256) = written {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "INSERT INTO function_artifacts (version, engine, sha256) VALUES ($1, $2, $3)
+                     ON CONFLICT (version, engine) DO UPDATE SET sha256 = EXCLUDED.sha256, created_at = now()",
+                    &[&version, &self.engine_key, &sha256],
+                )
+                .await?;
+        }
+        Ok((component, pre))
+    }
+
+    /// The blocking part of [`compiled`](Self::compiled): also answers the sha256 of an
+    /// artifact it wrote to the cache.
     fn compile(
         &self,
         version: &str,
         bytes: &[u8],
-    ) -> Result<(Component, TransformPre<State>), FunctionsError> {
+        recorded: Option<&[u8]>,
+    ) -> Result<(Component, TransformPre<State>, Option<Vec<u8>>), FunctionsError> {
         let path = self.cache_path(version);
-        let cached = if path.exists() {
-            load_cached(&self.sandbox.engine, &path).ok()
-        } else {
-            None
-        };
+        let cached = recorded.and_then(|expected| {
+            let artifact = std::fs::read(&path).ok()?;
+            (Sha256::digest(&artifact).as_slice() == expected)
+                .then(|| load_cached(&self.sandbox.engine, &artifact).ok())
+                .flatten()
+        });
+        let mut written = None;
         let component = match cached {
             Some(c) => c,
             None => {
@@ -541,8 +691,20 @@ impl FunctionService {
                 })?;
                 if let Ok(serialized) = c.serialize() {
                     let tmp = path.with_extension("tmp");
-                    if std::fs::write(&tmp, serialized).is_ok() {
-                        let _ = std::fs::rename(&tmp, &path);
+                    let _ = std::fs::remove_file(&tmp);
+                    let stored = {
+                        use std::io::Write;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(&tmp)
+                            .and_then(|mut f| f.write_all(&serialized))
+                            .and_then(|()| std::fs::rename(&tmp, &path))
+                    };
+                    if stored.is_ok() {
+                        written = Some(Sha256::digest(&serialized).to_vec());
                     }
                 }
                 c
@@ -563,7 +725,7 @@ impl FunctionService {
                 first_line(&e)
             ))
         })?;
-        Ok((component, pre))
+        Ok((component, pre, written))
     }
 
     /// `POST /v1/functions` (`existing: None`) or `POST /v1/functions/{name}/versions`.
@@ -602,11 +764,7 @@ impl FunctionService {
             }
         }
         let version = sha256_version(&bytes);
-        let this = self.clone();
-        let (v2, b2) = (version.clone(), bytes.clone());
-        let (component, pre) = tokio::task::spawn_blocking(move || this.compile(&v2, &b2))
-            .await
-            .map_err(|_| FunctionsError::Internal("compilation failed".into()))??;
+        let (component, pre) = self.compiled(&version, bytes.clone()).await?;
         let (imports, exports) = self.sandbox.interfaces(&component);
         let manifest_json = serde_json::to_value(&manifest).unwrap_or_default();
         let mut client = self.pool.get().await?;
@@ -644,23 +802,41 @@ impl FunctionService {
                 .await?;
             }
         }
-        let row = tx
-            .query_one(
-                "INSERT INTO function_versions (name, version, component, manifest, imports, exports, size_bytes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (name, version) DO UPDATE SET manifest = EXCLUDED.manifest
-                 RETURNING created_at",
-                &[
-                    &manifest.name,
-                    &version,
-                    &bytes,
-                    &manifest_json,
-                    &serde_json::json!(imports),
-                    &serde_json::json!(exports),
-                    &(bytes.len() as i32),
-                ],
+        // A version is immutable: the same component again with the same manifest is the same
+        // version; with another manifest it would silently change the grants and limits of a
+        // version that may be running.
+        let stored = tx
+            .query_opt(
+                "SELECT manifest, created_at FROM function_versions WHERE name = $1 AND version = $2",
+                &[&manifest.name, &version],
             )
             .await?;
+        let created_at: chrono::DateTime<chrono::Utc> = match stored {
+            Some(row) if row.get::<_, serde_json::Value>(0) != manifest_json => {
+                return Err(FunctionsError::Conflict(format!(
+                    "version {version} of function `{}` exists with another manifest; a version never changes: keep its manifest, or upload a changed component",
+                    manifest.name
+                )));
+            }
+            Some(row) => row.get(1),
+            None => tx
+                .query_one(
+                    "INSERT INTO function_versions (name, version, component, manifest, imports, exports, size_bytes)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     RETURNING created_at",
+                    &[
+                        &manifest.name,
+                        &version,
+                        &bytes,
+                        &manifest_json,
+                        &serde_json::json!(imports),
+                        &serde_json::json!(exports),
+                        &(bytes.len() as i32),
+                    ],
+                )
+                .await?
+                .get(0),
+        };
         tx.commit().await?;
         let loaded = Arc::new(Loaded {
             name: manifest.name.clone(),
@@ -680,7 +856,7 @@ impl FunctionService {
             exports: serde_json::json!(exports),
             size_bytes: bytes.len() as i32,
             manifest: manifest_json,
-            created_at: row.get(0),
+            created_at,
         })
     }
 
@@ -734,11 +910,7 @@ impl FunctionService {
         let bytes: Vec<u8> = row.get(0);
         let manifest: Manifest = serde_json::from_value(row.get(1))
             .map_err(|_| FunctionsError::Internal("a stored manifest does not parse".into()))?;
-        let this = self.clone();
-        let v2 = version.clone();
-        let (_, pre) = tokio::task::spawn_blocking(move || this.compile(&v2, &bytes))
-            .await
-            .map_err(|_| FunctionsError::Internal("compilation failed".into()))??;
+        let (_, pre) = self.compiled(&version, bytes).await?;
         let loaded = Arc::new(Loaded {
             name: name.to_string(),
             version,
@@ -758,6 +930,7 @@ impl FunctionService {
         name: &str,
         hook: Hook,
         message: HttpMessage,
+        invoker: Option<&Caller>,
         purpose: &str,
     ) -> Result<(Arc<Loaded>, sandbox::Outcome, u64), FunctionsError> {
         let loaded = self.active(name).await?;
@@ -768,30 +941,27 @@ impl FunctionService {
             vault: self.vault.clone(),
             gov: self.gov.clone(),
             caller: Caller::principal(&loaded.name, "function", loaded.version.clone()),
+            invoker: invoker.cloned(),
             grants: loaded.manifest.grants.clone(),
             purpose: purpose.to_string(),
-            runtime: tokio::runtime::Handle::current(),
             event: audit::current(),
         });
-        let engine = self.sandbox.engine.clone();
-        let run_loaded = loaded.clone();
-        let started = Instant::now();
-        let task = tokio::task::spawn_blocking(move || {
-            sandbox::run(
-                &run_loaded.pre,
-                &engine,
-                &run_loaded.limits,
-                access,
-                hook,
-                message,
-            )
-        });
-        // The epoch deadline stops the guest; this bounds everything else.
-        let outer = Duration::from_millis(loaded.limits.timeout_ms + 2_000);
-        let outcome = tokio::time::timeout(outer, task)
+        // A free instance, or 503 after a short wait: the pool has one per permit.
+        let _permit = tokio::time::timeout(POOL_WAIT, self.instances.acquire())
             .await
-            .map_err(|_| FunctionsError::Internal("the invocation did not stop in time".into()))?
-            .map_err(|_| FunctionsError::Internal("the invocation failed".into()))?;
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(FunctionsError::Unavailable)?;
+        let started = Instant::now();
+        let outcome = sandbox::run(
+            &loaded.pre,
+            &self.sandbox.engine,
+            &loaded.limits,
+            access,
+            hook,
+            message,
+        )
+        .await;
         let duration_us = started.elapsed().as_micros() as u64;
         if let Ok(mut c) = self.invocations.lock() {
             *c.entry(name.to_string()).or_default() += 1;
@@ -809,24 +979,36 @@ impl FunctionService {
         message: HttpMessage,
         purpose: &str,
     ) -> Result<Transformed, FunctionsError> {
-        let (_, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
+        let (_, outcome, duration_us) = self.run(name, hook, message, None, purpose).await?;
         Ok(Transformed {
             result: outcome.result,
-            revealed: outcome.revealed,
+            // The connection's own checks compare text: the values that are text.
+            revealed: outcome
+                .revealed
+                .into_iter()
+                .filter_map(|v| {
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .map(|t| Zeroizing::new(t.to_string()))
+                })
+                .collect(),
             duration_us,
         })
     }
 
-    /// `POST /v1/functions/{name}/invoke`: a test run whose result returns to the caller, so
-    /// nothing the function revealed may be in it.
+    /// `POST /v1/functions/{name}/invoke`: a test run whose result returns to `caller`, so
+    /// the function reveals only what `caller` may read too, and nothing it revealed may be in
+    /// the result.
     pub async fn invoke(
         self: &Arc<Self>,
         name: &str,
         hook: Hook,
         message: HttpMessage,
+        caller: &Caller,
         purpose: &str,
     ) -> Result<Invocation, FunctionsError> {
-        let (loaded, outcome, duration_us) = self.run(name, hook, message, purpose).await?;
+        let (loaded, outcome, duration_us) =
+            self.run(name, hook, message, Some(caller), purpose).await?;
         let (message, error) = match outcome.result {
             Ok(out) => match egress_leak(&out, &outcome.revealed) {
                 false => (Some(MessageView::from_message(out)), None),
@@ -843,13 +1025,27 @@ impl FunctionService {
                     )
                 }
             },
-            Err(f) => (None, Some(f)),
+            Err(f) => (None, Some(shown_failure(f, &outcome.revealed))),
         };
+        // The log returns to the caller too: a line holding a revealed value is withheld.
+        let logs = outcome
+            .log
+            .into_iter()
+            .map(
+                |line| match holds_revealed(&line.message, &outcome.revealed) {
+                    false => line,
+                    true => LogLine {
+                        level: line.level,
+                        message: "(withheld: the line holds a value the function revealed)".into(),
+                    },
+                },
+            )
+            .collect();
         Ok(Invocation {
             name: loaded.name.clone(),
             version: loaded.version.clone(),
             message,
-            logs: outcome.log,
+            logs,
             duration_us,
             error,
         })
@@ -957,6 +1153,22 @@ impl FunctionService {
     }
 }
 
+/// A failure as a test run's caller sees it: the text of an `internal` error is never shown
+/// (the WIT promises so), nor a guest's text holding a value it revealed.
+fn shown_failure(mut f: Failure, revealed: &[Zeroizing<Vec<u8>>]) -> Failure {
+    if f.kind == "function_error"
+        && (f.message.starts_with("internal") || holds_revealed(&f.message, revealed))
+    {
+        f.message = match f.message.split(':').next() {
+            Some(kind @ ("bad request" | "forbidden" | "internal")) => {
+                format!("{kind}: (the function's text is not shown)")
+            }
+            _ => "the function failed (its text is not shown)".into(),
+        };
+    }
+    f
+}
+
 fn first_line(e: &wasmtime::Error) -> String {
     let text = format!("{e:#}");
     text.lines()
@@ -967,39 +1179,57 @@ fn first_line(e: &wasmtime::Error) -> String {
         .collect()
 }
 
-/// Whether any value revealed during the invocation appears in what it returns.
-pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<String>]) -> bool {
-    let text = {
-        let mut s = out.url.clone();
-        for (k, v) in &out.headers {
-            s.push_str(k);
-            s.push_str(v);
-        }
-        s.push_str(&String::from_utf8_lossy(&out.body));
-        s
-    };
-    holds_revealed(&text, revealed)
+/// Whether any value revealed during the invocation appears in what it returns (bytes
+/// against bytes: the URL, headers and raw body).
+pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<Vec<u8>>]) -> bool {
+    let mut bytes = Zeroizing::new(out.url.as_bytes().to_vec());
+    for (k, v) in &out.headers {
+        bytes.push(b'\n');
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.push(b':');
+        bytes.extend_from_slice(v.as_bytes());
+    }
+    bytes.push(b'\n');
+    bytes.extend_from_slice(&out.body);
+    holds_revealed(bytes.as_slice(), revealed)
 }
 
 /// Shorter values (a 3-digit CVC, `CA`) would match by chance too often to be told apart.
 const MIN_MATCHED_LEN: usize = 4;
 
-/// Whether `text` contains any of the values revealed during a call: the one rule behind every
-/// egress check (functions' test runs, connection replies, error messages).
-pub fn holds_revealed(text: &str, revealed: &[Zeroizing<String>]) -> bool {
-    revealed
-        .iter()
-        .any(|v| v.len() >= MIN_MATCHED_LEN && text.contains(v.as_str()))
+/// Whether `haystack` contains any of the values revealed during a call, byte for byte: the
+/// one rule behind every egress check (functions' test runs, connection replies, error
+/// messages).
+pub fn holds_revealed<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bool {
+    let haystack = haystack.as_ref();
+    let text = std::str::from_utf8(haystack).ok();
+    // Bytes that are not UTF-8 are searched as Latin-1 text (one char per byte, so a byte
+    // string holds another exactly when their Latin-1 texts do), keeping `str`'s linear search.
+    let mut latin: Option<Zeroizing<String>> = None;
+    revealed.iter().map(AsRef::as_ref).any(|v| {
+        if v.len() < MIN_MATCHED_LEN {
+            return false;
+        }
+        match (text, std::str::from_utf8(v)) {
+            (Some(h), Ok(n)) => h.contains(n),
+            _ => latin
+                .get_or_insert_with(|| latin1(haystack))
+                .contains(latin1(v).as_str()),
+        }
+    })
+}
+
+fn latin1(bytes: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(bytes.iter().map(|&b| char::from(b)).collect())
 }
 
 /// Loads a compiled component from the cache.
 #[allow(unsafe_code)]
-pub fn load_cached(
-    engine: &wasmtime::Engine,
-    path: &std::path::Path,
-) -> wasmtime::Result<Component> {
-    // SAFETY: the file was written by `Component::serialize` of this engine configuration (the
-    // name carries the engine's compatibility hash) into the server's own data directory
-    // (mode 0700); wasmtime also checks the header and refuses an incompatible artifact.
-    unsafe { Component::deserialize_file(engine, path) }
+pub fn load_cached(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` was read from the server's own cache directory (mode 0700, files 0600)
+    // and hashes to the sha256 this server recorded in the database when it wrote the file
+    // with `Component::serialize` of this engine configuration (the name carries the engine's
+    // compatibility hash): a file swapped or altered on disk is not loaded. wasmtime also checks
+    // the header and refuses an incompatible artifact.
+    unsafe { Component::deserialize(engine, artifact) }
 }

@@ -1,39 +1,61 @@
 //! The sandbox: one wasmtime engine, a store per invocation, limits enforced by the host.
 //!
-//! - Wall clock: epoch interruption. A ticker advances the epoch every millisecond; a store's
-//!   deadline is its timeout in ticks. An outer timeout on the awaiting side bounds the rest.
+//! - Wall clock: calls are async. A ticker advances the epoch every millisecond; at each tick a
+//!   running guest yields to the runtime, and traps (`interrupt`) once its deadline has passed.
+//!   A timeout around the whole call bounds the time spent blocked in host calls (a WASI sleep,
+//!   a vault query): when it fires, the call's future is dropped, which stops the guest and
+//!   frees its instance.
 //! - Memory and tables: a [`ResourceLimiter`](wasmtime::ResourceLimiter) from the manifest, inside
 //!   the pooling allocator's hard caps.
 //! - Log and output: stdout/stderr go to capped in-memory pipes; `log` lines are capped; the
 //!   returned message is measured before it is accepted.
 //! - No ambient authority: no preopened directories, no environment, no network. Components
 //!   that import anything outside [`ALLOWED_IMPORTS`] are refused at upload.
-//! - Threads, GC and component-model async are not compiled in.
+//! - Threads, GC and component-model async are not compiled in (the host side is async; the
+//!   guest sees ordinary blocking calls).
 
 use super::{FunctionHost, Limits, LogLine};
 use crate::vault::Redaction;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use zeroize::Zeroizing;
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "transform",
+    imports: { default: async },
+    exports: { default: async },
 });
 
 use self::strongroom::function::types::Redaction as WitRedaction;
 pub use exports::strongroom::function::hooks::{FunctionError, HttpMessage};
 
+/// Most log lines of one invocation (`log` calls and stdout/stderr lines); the rest are dropped
+/// and counted.
+const MAX_LOG_LINES: usize = 1000;
+/// Most vault calls (detokenize, tokenize, read-file) of one invocation, and most bytes they
+/// may reveal together; past either, calls fail with `quota-exceeded`.
+const MAX_HOST_CALLS: u32 = 1000;
+const MAX_REVEALED_BYTES: usize = 32 << 20;
+
 /// The hard ceiling of any function's linear memory (the pooling allocator's slot size).
 pub const MAX_MEMORY_MIB: u64 = 256;
 /// Components instantiated at the same time.
-const POOL_INSTANCES: u32 = 64;
+pub const POOL_INSTANCES: u32 = 64;
+/// Per component: core instances, memories and tables. A Rust `wasm32-wasip2` component (all
+/// of `functions-examples/`) has three core modules (its own and the two shims `wit-component`
+/// adds), one memory and two tables; toolchains that link several modules get room for more.
+/// With these maxima, [`POOL_INSTANCES`] components fit the pool's totals at once, so no
+/// component can take another's slots.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
 
 /// Interfaces a component may import (by prefix; versions vary). WASI I/O, CLI plumbing,
 /// random and clocks are what a Rust `std` guest links; stdio goes to the capped log.
@@ -60,25 +82,31 @@ impl Sandbox {
     pub fn new() -> wasmtime::Result<Sandbox> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES * 4)
-            .total_memories(POOL_INSTANCES * 2)
-            .total_tables(POOL_INSTANCES * 4)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_core_instances(POOL_INSTANCES * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(POOL_INSTANCES * MEMORIES_PER_COMPONENT)
+            .total_tables(POOL_INSTANCES * TABLES_PER_COMPONENT)
+            .total_stacks(POOL_INSTANCES)
             .max_memory_size((MAX_MEMORY_MIB << 20) as usize)
             .table_elements(MAX_TABLE_ELEMENTS)
             // INVARIANT: nothing a function saw survives into the next invocation.
             .linear_memory_keep_resident(0);
-        // Calls are synchronous (no fibers, so no async stacks to zero); the `threads`, `gc`
-        // and `component-model-async` features are not compiled in (see Cargo.toml).
+        // Calls run on fibers (async host calls); the `threads`, `gc` and
+        // `component-model-async` features are not compiled in (see Cargo.toml).
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // INVARIANT: a fiber's stack is zeroed before the next invocation uses it.
+            .async_stack_zeroing(true)
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32))
             .max_wasm_stack(512 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         // The epoch ticker: 1 tick per millisecond.
         let weak = engine.weak();
@@ -120,17 +148,23 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limiter,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
     pub log: Vec<LogLine>,
     log_bytes: usize,
+    /// Lines past the log's limits, counted in a last line.
+    dropped_log_lines: u64,
+    /// Vault calls made so far, and the bytes revealed by them (see [`MAX_HOST_CALLS`]).
+    host_calls: u32,
+    revealed_bytes: usize,
     max_log_bytes: usize,
     host: Arc<dyn FunctionHost>,
     /// The text of the message being transformed: detokenize only accepts tokens found in it.
     message_text: String,
     response_hook: bool,
-    /// Every plaintext revealed during this invocation (the egress guard checks the output).
-    pub revealed: Vec<Zeroizing<String>>,
+    /// Every plaintext revealed during this invocation, as bytes (the egress guard checks
+    /// the output).
+    pub revealed: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl WasiView for State {
@@ -144,7 +178,8 @@ impl WasiView for State {
 
 impl State {
     fn push_log(&mut self, level: &'static str, message: &str) {
-        if self.log_bytes >= self.max_log_bytes {
+        if self.log_bytes >= self.max_log_bytes || self.log.len() >= MAX_LOG_LINES {
+            self.dropped_log_lines += 1;
             return;
         }
         let room = self.max_log_bytes - self.log_bytes;
@@ -156,18 +191,57 @@ impl State {
             }
             text.truncate(cut);
         }
-        self.log_bytes += text.len();
+        // An empty line costs a byte, so empty lines cannot flood the log either.
+        self.log_bytes += text.len().max(1);
         self.log.push(LogLine {
             level,
             message: text,
         });
+    }
+
+    /// Counts a vault call; refuses it past the invocation's quota.
+    fn host_call(&mut self) -> Result<(), String> {
+        self.host_calls += 1;
+        if self.host_calls > MAX_HOST_CALLS || self.revealed_bytes >= MAX_REVEALED_BYTES {
+            return Err(format!(
+                "quota-exceeded: at most {MAX_HOST_CALLS} vault calls and {MAX_REVEALED_BYTES} revealed bytes per invocation"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Notes a detokenized value for the egress guard; a `file` value (JSON with
+    /// `content_base64`) also by its content.
+    fn reveal_value(&mut self, value: Zeroizing<String>) {
+        if value.starts_with('{')
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&value)
+            && let Some(b64) = v.get("content_base64").and_then(|c| c.as_str())
+            && let Ok(content) =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+        {
+            let content = Zeroizing::new(content);
+            self.reveal_file(&content);
+        }
+        self.revealed_bytes += value.len();
+        self.revealed
+            .push(Zeroizing::new(value.as_bytes().to_vec()));
+    }
+
+    /// Notes a file's content for the egress guard, as the guest is likely to pass it on: the
+    /// bytes themselves and base64.
+    fn reveal_file(&mut self, data: &[u8]) {
+        self.revealed_bytes += data.len();
+        self.revealed.push(Zeroizing::new(
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data).into_bytes(),
+        ));
+        self.revealed.push(Zeroizing::new(data.to_vec()));
     }
 }
 
 impl self::strongroom::function::types::Host for State {}
 
 impl self::strongroom::function::log::Host for State {
-    fn log(&mut self, level: self::strongroom::function::log::Level, message: String) {
+    async fn log(&mut self, level: self::strongroom::function::log::Level, message: String) {
         use self::strongroom::function::log::Level;
         let level = match level {
             Level::Debug => "debug",
@@ -180,7 +254,7 @@ impl self::strongroom::function::log::Host for State {
 }
 
 impl self::strongroom::function::vault::Host for State {
-    fn detokenize(
+    async fn detokenize(
         &mut self,
         tokens: Vec<String>,
         level: WitRedaction,
@@ -188,6 +262,7 @@ impl self::strongroom::function::vault::Host for State {
         if self.response_hook {
             return Err("forbidden: detokenize is not available in on-response".into());
         }
+        self.host_call()?;
         if tokens.len() > 1000 {
             return Err("too-large: at most 1000 tokens per call".into());
         }
@@ -203,30 +278,34 @@ impl self::strongroom::function::vault::Host for State {
             WitRedaction::Masked => Redaction::Masked,
             WitRedaction::Redacted => Redaction::Redacted,
         };
-        let results = self.host.detokenize(tokens, level)?;
+        let results = self.host.clone().detokenize(tokens, level).await?;
         Ok(results
             .into_iter()
             .map(|r| {
                 r.map(|value| {
                     let out = value.as_str().to_string();
-                    self.revealed.push(value);
+                    self.reveal_value(value);
                     out
                 })
             })
             .collect())
     }
 
-    fn tokenize(
+    async fn tokenize(
         &mut self,
         vault: String,
         table: String,
         column: String,
         values: Vec<String>,
     ) -> Result<Vec<String>, String> {
-        self.host.tokenize(&vault, &table, &column, values)
+        self.host_call()?;
+        self.host
+            .clone()
+            .tokenize(vault, table, column, values)
+            .await
     }
 
-    fn read_file(
+    async fn read_file(
         &mut self,
         vault: String,
         table: String,
@@ -236,26 +315,96 @@ impl self::strongroom::function::vault::Host for State {
         if self.response_hook {
             return Err("forbidden: read-file is not available in on-response".into());
         }
+        self.host_call()?;
         // INVARIANT: as for tokens, a function reads only records its message refers to.
         if record.is_empty() || !self.message_text.contains(record.as_str()) {
             return Err("forbidden: the record does not appear in the message".into());
         }
-        let mut file = self.host.read_file(&vault, &table, &record, &column)?;
-        // The egress guard looks for the content as the guest is likely to pass it on: base64,
-        // and the bytes themselves when they are text.
-        self.revealed.push(Zeroizing::new(base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            file.data.as_slice(),
-        )));
-        if let Ok(text) = std::str::from_utf8(&file.data) {
-            self.revealed.push(Zeroizing::new(text.to_string()));
+        let mut file = self
+            .host
+            .clone()
+            .read_file(vault, table, record, column)
+            .await?;
+        if self.revealed_bytes + file.data.len() > MAX_REVEALED_BYTES {
+            self.revealed_bytes = MAX_REVEALED_BYTES;
+            return Err(format!(
+                "quota-exceeded: at most {MAX_REVEALED_BYTES} revealed bytes per invocation"
+            ));
         }
+        self.reveal_file(&file.data);
         // Moved into the guest's call, not copied.
         Ok(self::strongroom::function::vault::File {
             data: std::mem::take(&mut *file.data),
             name: file.name,
             media_type: file.media_type,
         })
+    }
+}
+
+/// stdout or stderr: keeps the first `capacity` bytes and drops the rest (counting the lines
+/// dropped), so a chatty guest is not failed for it.
+#[derive(Clone)]
+struct CappedPipe {
+    capacity: usize,
+    buffer: Arc<std::sync::Mutex<(Vec<u8>, u64)>>,
+}
+
+impl CappedPipe {
+    fn new(capacity: usize) -> CappedPipe {
+        CappedPipe {
+            capacity,
+            buffer: Arc::default(),
+        }
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.buffer.lock().map(|b| b.0.clone()).unwrap_or_default()
+    }
+
+    fn dropped_lines(&self) -> u64 {
+        self.buffer.lock().map(|b| b.1).unwrap_or_default()
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Ok(mut b) = self.buffer.lock() {
+            let room = self.capacity.saturating_sub(b.0.len());
+            let (kept, dropped) = data.split_at(data.len().min(room));
+            b.0.extend_from_slice(kept);
+            b.1 += dropped.iter().filter(|&&c| c == b'\n').count() as u64;
+        }
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -278,7 +427,7 @@ pub struct Failure {
 pub struct Outcome {
     pub result: Result<HttpMessage, Failure>,
     pub log: Vec<LogLine>,
-    pub revealed: Vec<Zeroizing<String>>,
+    pub revealed: Vec<Zeroizing<Vec<u8>>>,
 }
 
 fn trap_failure(e: &wasmtime::Error, limits_hit: bool) -> Failure {
@@ -295,9 +444,11 @@ fn trap_failure(e: &wasmtime::Error, limits_hit: bool) -> Failure {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return deadline_failure(functions);
+    }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         let name = match trap {
-            wasmtime::Trap::Interrupt => "interrupt",
             wasmtime::Trap::StackOverflow => "stack_overflow",
             wasmtime::Trap::MemoryOutOfBounds => "memory_out_of_bounds",
             wasmtime::Trap::UnreachableCodeReached => "unreachable",
@@ -308,7 +459,6 @@ fn trap_failure(e: &wasmtime::Error, limits_hit: bool) -> Failure {
             _ => "other",
         };
         let message = match name {
-            "interrupt" => "the function ran past its deadline".to_string(),
             "unreachable" if limits_hit => {
                 "the function ran out of memory (limit reached)".to_string()
             }
@@ -371,8 +521,23 @@ pub fn message_size(m: &HttpMessage) -> usize {
             .sum::<usize>()
 }
 
-/// Runs one hook in a fresh store (blocking: call from a blocking thread).
-pub fn run(
+/// How long past its deadline a guest blocked in a host call is given before its call is
+/// dropped (a guest running wasm code traps at the deadline itself, with its stack).
+const DEADLINE_GRACE: Duration = Duration::from_millis(20);
+
+/// The failure of a guest stopped at its deadline.
+fn deadline_failure(functions: Vec<String>) -> Failure {
+    Failure {
+        kind: "trap",
+        trap: Some("interrupt".into()),
+        message: "the function ran past its deadline".into(),
+        functions,
+    }
+}
+
+/// Runs one hook in a fresh store, within the function's deadline (time blocked in host calls
+/// included).
+pub async fn run(
     pre: &TransformPre<State>,
     engine: &Engine,
     limits: &Limits,
@@ -380,8 +545,8 @@ pub fn run(
     hook: Hook,
     message: HttpMessage,
 ) -> Outcome {
-    let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
-    let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
+    let stdout = CappedPipe::new(limits.max_log_bytes);
+    let stderr = CappedPipe::new(limits.max_log_bytes);
     let wasi = WasiCtxBuilder::new()
         .stdout(stdout.clone())
         .stderr(stderr.clone())
@@ -392,14 +557,14 @@ pub fn run(
     let state = State {
         wasi,
         table: ResourceTable::new(),
-        limits: Limiter {
-            memory_bytes: (limits.memory_mib << 20) as usize,
-            denied: false,
-        },
+        limits: Limiter::new((limits.memory_mib << 20) as usize),
         stdout,
         stderr,
         log: Vec::new(),
         log_bytes: 0,
+        dropped_log_lines: 0,
+        host_calls: 0,
+        revealed_bytes: 0,
         max_log_bytes: limits.max_log_bytes,
         host,
         message_text: message_text(&message),
@@ -408,19 +573,31 @@ pub fn run(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(limits.timeout_ms.max(1));
-    store.epoch_deadline_trap();
-    let result = pre.instantiate(&mut store).and_then(|bindings| {
+    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms.max(1));
+    // Every tick: past the deadline, trap; before it, let the runtime's other tasks run.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    let call = async {
+        let bindings = pre.instantiate_async(&mut store).await?;
         let hooks = bindings.strongroom_function_hooks();
         match hook {
-            Hook::Request => hooks.call_on_request(&mut store, &message),
-            Hook::Response => hooks.call_on_response(&mut store, &message),
+            Hook::Request => hooks.call_on_request(&mut store, &message).await,
+            Hook::Response => hooks.call_on_response(&mut store, &message).await,
         }
-    });
+    };
+    // Dropping the call (its deadline passed while it waited in a host call) stops the guest.
+    let result = tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), call).await;
     let memory_limit_hit = store.data().limits.denied;
     let result = match result {
-        Err(e) => Err(trap_failure(&e, memory_limit_hit)),
-        Ok(Err(fe)) => Err(Failure {
+        Err(_) => Err(deadline_failure(vec![])),
+        Ok(Err(e)) => Err(trap_failure(&e, memory_limit_hit)),
+        Ok(Ok(Err(fe))) => Err(Failure {
             kind: "function_error",
             trap: None,
             message: match fe {
@@ -430,7 +607,7 @@ pub fn run(
             },
             functions: vec![],
         }),
-        Ok(Ok(out)) if message_size(&out) > limits.max_output_bytes => Err(Failure {
+        Ok(Ok(Ok(out))) if message_size(&out) > limits.max_output_bytes => Err(Failure {
             kind: "limit",
             trap: Some("output_limit".into()),
             message: format!(
@@ -440,7 +617,7 @@ pub fn run(
             ),
             functions: vec![],
         }),
-        Ok(Ok(out)) => Ok(out),
+        Ok(Ok(Ok(out))) => Ok(out),
     };
     let mut state = store.into_data();
     for (level, pipe) in [
@@ -448,9 +625,19 @@ pub fn run(
         ("stderr", state.stderr.clone()),
     ] {
         let bytes = pipe.contents();
+        state.dropped_log_lines += pipe.dropped_lines();
         for line in String::from_utf8_lossy(&bytes).lines() {
             state.push_log(level, line);
         }
+    }
+    if state.dropped_log_lines > 0 {
+        state.log.push(LogLine {
+            level: "warn",
+            message: format!(
+                "{} more log lines were dropped (the log's limits were reached)",
+                state.dropped_log_lines
+            ),
+        });
     }
     Outcome {
         result,
@@ -459,35 +646,75 @@ pub fn run(
     }
 }
 
-/// The manifest's memory limit, remembering whether it refused a growth (a Rust guest then
-/// aborts, which shows as an `unreachable` trap: we report it as the memory limit).
+/// The manifest's memory limit over all the store's linear memories together (a component
+/// may define several), remembering whether it refused a growth (a Rust guest then aborts,
+/// which shows as an `unreachable` trap: we report it as the memory limit). Table elements are
+/// counted the same way.
 struct Limiter {
     memory_bytes: usize,
+    memory_used: usize,
+    table_elements_used: usize,
     denied: bool,
 }
 
-/// Most table elements a function may have.
+/// Most table elements a function may have (all its tables together).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl Limiter {
+    fn new(memory_bytes: usize) -> Limiter {
+        Limiter {
+            memory_bytes,
+            memory_used: 0,
+            table_elements_used: 0,
+            denied: false,
+        }
+    }
+}
+
+/// The new total when one of several growing things goes from `current` to `desired`, if it
+/// stays within `max`.
+fn grown(used: usize, current: usize, desired: usize, max: usize) -> Option<usize> {
+    let total = used.saturating_sub(current).saturating_add(desired);
+    (total <= max).then_some(total)
+}
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.memory_bytes;
-        self.denied |= !ok;
-        Ok(ok)
+        match grown(self.memory_used, current, desired, self.memory_bytes) {
+            Some(total) => {
+                self.memory_used = total;
+                Ok(true)
+            }
+            None => {
+                self.denied = true;
+                Ok(false)
+            }
+        }
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        match grown(
+            self.table_elements_used,
+            current,
+            desired,
+            MAX_TABLE_ELEMENTS,
+        ) {
+            Some(total) => {
+                self.table_elements_used = total;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -498,4 +725,44 @@ pub fn forbidden_imports(imports: &[String]) -> Vec<String> {
         .filter(|i| !ALLOWED_IMPORTS.iter().any(|p| i.starts_with(p)))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory limit is the function's, not each memory's: a component with several
+    /// memories gets the manifest's bytes in all of them together.
+    #[test]
+    fn the_memory_limit_bounds_all_memories_together() {
+        let mib = 1 << 20;
+        let mut l = Limiter::new(64 * mib);
+        assert!(l.memory_growing(0, 40 * mib, None).unwrap(), "first memory");
+        assert!(
+            !l.memory_growing(0, 40 * mib, None).unwrap(),
+            "a second one past the sum"
+        );
+        assert!(l.denied);
+        assert!(
+            l.memory_growing(0, 20 * mib, None).unwrap(),
+            "within the sum"
+        );
+        assert!(
+            !l.memory_growing(20 * mib, 30 * mib, None).unwrap(),
+            "its growth past it"
+        );
+        assert!(
+            l.memory_growing(40 * mib, 44 * mib, None).unwrap(),
+            "to exactly the limit"
+        );
+        assert!(!l.memory_growing(0, 1, None).unwrap(), "nothing left");
+        let mut l = Limiter::new(mib);
+        for _ in 0..4 {
+            assert!(l.table_growing(0, MAX_TABLE_ELEMENTS / 4, None).unwrap());
+        }
+        assert!(
+            !l.table_growing(0, 1, None).unwrap(),
+            "tables share their cap too"
+        );
+    }
 }
