@@ -312,6 +312,11 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
     assert_eq!(out["message"]["body"], "{\"y\":2}", "{out}");
     let (status, _) = again.delete("/v1/functions/echo").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        again.count("function_artifacts").await,
+        0,
+        "its hashes went too"
+    );
     let (status, _) = again
         .post(
             "/v1/functions/echo/invoke",

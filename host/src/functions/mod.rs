@@ -1146,9 +1146,16 @@ impl FunctionService {
             l.retain(|k, _| !k.starts_with(&format!("{name}@")));
         }
         self.forget_active(name);
-        for v in versions {
-            let _ = std::fs::remove_file(self.cache_path(&v));
+        for v in &versions {
+            let _ = std::fs::remove_file(self.cache_path(v));
         }
+        // Their recorded hashes go with the files (a function sharing a version compiles again).
+        client
+            .execute(
+                "DELETE FROM function_artifacts WHERE version = ANY($1)",
+                &[&versions],
+            )
+            .await?;
         Ok(())
     }
 }
