@@ -227,7 +227,7 @@ pub(super) fn reveals(text: &str, revealed: &[Zeroizing<String>]) -> bool {
     }
     let spaced = text.replace('+', " ");
     let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
-    holds_revealed(&decoded, revealed)
+    holds_revealed(decoded.as_bytes(), revealed)
 }
 
 /// `text` with its JSON string escapes decoded; anything that is not a valid escape is kept.
@@ -930,9 +930,11 @@ fn function_failure(name: &str, e: crate::functions::FunctionsError) -> ConnErro
             format!("the route's {what} is not available"),
         ),
         FunctionsError::Db(e) => ConnError::Vault(VaultError::Db(e)),
-        e @ FunctionsError::Unavailable => {
-            ConnError::call(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-        }
+        e @ FunctionsError::Unavailable => ConnError::call(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
         other => {
             tracing::warn!(function = name, reason = %other, "a connection's function did not complete");
             ConnError::call(
