@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use strongroom::functions::sandbox::{self, Hook, HttpMessage, Sandbox};
-use strongroom::functions::{FunctionHost, Limits, load_cached};
+use strongroom::functions::{FunctionHost, HostFuture, Limits, load_cached};
 use strongroom::vault::Redaction;
 use zeroize::Zeroizing;
 
@@ -33,23 +33,29 @@ struct NoVault;
 
 impl FunctionHost for NoVault {
     fn detokenize(
-        &self,
+        self: Arc<Self>,
         _: Vec<String>,
         _: Redaction,
-    ) -> Result<Vec<Result<Zeroizing<String>, String>>, String> {
-        Err("forbidden".into())
+    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>> {
+        Box::pin(async { Err("forbidden".into()) })
     }
-    fn tokenize(&self, _: &str, _: &str, _: &str, _: Vec<String>) -> Result<Vec<String>, String> {
-        Err("forbidden".into())
+    fn tokenize(
+        self: Arc<Self>,
+        _: String,
+        _: String,
+        _: String,
+        _: Vec<String>,
+    ) -> HostFuture<Result<Vec<String>, String>> {
+        Box::pin(async { Err("forbidden".into()) })
     }
     fn read_file(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: &str,
-    ) -> Result<strongroom::types::file::FileValue, String> {
-        Err("forbidden".into())
+        self: Arc<Self>,
+        _: String,
+        _: String,
+        _: String,
+        _: String,
+    ) -> HostFuture<Result<strongroom::types::file::FileValue, String>> {
+        Box::pin(async { Err("forbidden".into()) })
     }
 }
 
@@ -81,7 +87,7 @@ fn message(body: Vec<u8>) -> HttpMessage {
     }
 }
 
-fn time_runs(
+async fn time_runs(
     sb: &Sandbox,
     pre: &sandbox::TransformPre<sandbox::State>,
     body: &[u8],
@@ -98,7 +104,8 @@ fn time_runs(
             host.clone(),
             Hook::Request,
             message(body.to_vec()),
-        );
+        )
+        .await;
         out.push(t.elapsed());
         if let Err(f) = o.result {
             bail!("invocation failed: {}", f.message);
@@ -129,12 +136,13 @@ fn ready_times(sb: &Sandbox, dir: &Path, name: &str, cache: &Path) -> Result<(Du
     let path = cache.join(format!("{name}.cwasm"));
     std::fs::write(&path, c.serialize()?)?;
     let t = Instant::now();
-    let c = load_cached(&sb.engine, &path)?;
+    let c = load_cached(&sb.engine, &std::fs::read(&path)?)?;
     sb.prepare(&c)?;
     Ok((cold, t.elapsed()))
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
     let dir = guests()?;
     let sb = Sandbox::new()?;
     println!(
@@ -149,15 +157,15 @@ fn main() -> Result<()> {
     let trivial = load("hostile_trivial")?;
     let split = load("date_split")?;
     let small = b"{\"x\":1}".to_vec();
-    time_runs(&sb, &trivial, &small, 200)?; // warm up
-    let t = time_runs(&sb, &trivial, &small, 5000)?;
+    time_runs(&sb, &trivial, &small, 200).await?; // warm up
+    let t = time_runs(&sb, &trivial, &small, 5000).await?;
     println!(
         "trivial transform (instantiate, call, drop):   p50 {:>7.1} µs  p99 {:>7.1} µs   (goal p50 <= 50 µs)",
         percentile(&t, 0.5).as_secs_f64() * 1e6,
         percentile(&t, 0.99).as_secs_f64() * 1e6
     );
     let body = kib_body();
-    let wasm = time_runs(&sb, &split, &body, 5000)?;
+    let wasm = time_runs(&sb, &split, &body, 5000).await?;
     let mut native = Vec::with_capacity(5000);
     for _ in 0..5000 {
         let t = Instant::now();
@@ -179,15 +187,15 @@ fn main() -> Result<()> {
         w.as_secs_f64() / n.as_secs_f64().max(1e-9)
     );
 
-    // 16 concurrent callers for 3 seconds.
+    // 16 concurrent callers for 3 seconds (tasks on the runtime's workers: calls are async).
     let sb = Arc::new(sb);
     let trivial = Arc::new(trivial);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..16)
+    let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (sb, pre, count, stop) = (sb.clone(), trivial.clone(), count.clone(), stop.clone());
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 let host: Arc<dyn FunctionHost> = Arc::new(NoVault);
                 while !stop.load(Ordering::Relaxed) {
                     let o = sandbox::run(
@@ -197,7 +205,8 @@ fn main() -> Result<()> {
                         host.clone(),
                         Hook::Request,
                         message(b"{}".to_vec()),
-                    );
+                    )
+                    .await;
                     if o.result.is_ok() {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -206,10 +215,10 @@ fn main() -> Result<()> {
         })
         .collect();
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
+    for t in tasks {
+        let _ = t.await;
     }
     println!(
         "sustained, 16 concurrent callers:              {:>9.0} invocations/s   (goal >= 5000)",
