@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use strongroom::functions::sandbox::{self, Hook, HttpMessage, Sandbox};
-use strongroom::functions::{FunctionHost, HostFuture, Limits, load_cached};
+use strongroom::functions::{Detokenized, FunctionHost, HostFuture, Limits, load_cached};
 use strongroom::vault::Redaction;
-use zeroize::Zeroizing;
 
 /// The `date-split` example's transform, compiled natively for the comparison (the same source
 /// files the component is built from; the example crate itself is a Wasm-only `cdylib`).
@@ -32,11 +31,7 @@ mod split;
 struct NoVault;
 
 impl FunctionHost for NoVault {
-    fn detokenize(
-        self: Arc<Self>,
-        _: Vec<String>,
-        _: Redaction,
-    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>> {
+    fn detokenize(self: Arc<Self>, _: Vec<String>, _: Redaction) -> HostFuture<Detokenized> {
         Box::pin(async { Err("forbidden".into()) })
     }
     fn tokenize(

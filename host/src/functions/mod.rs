@@ -262,6 +262,14 @@ impl MessageView {
 /// invocation, so dropping the invocation at its deadline also stops the call).
 pub type HostFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// What `vault.detokenize` answers a guest: each token's value or its error code, or an error
+/// for the whole call.
+pub type Detokenized = Result<Vec<Result<Zeroizing<String>, String>>, String>;
+
+/// A compiled component, ready to instantiate, and the sha256 of an artifact written to the
+/// cache for it (if one was).
+type Compiled = (Component, TransformPre<State>, Option<Vec<u8>>);
+
 /// Runs a host call's work as a task of its own, on the runtime's stack rather than the
 /// guest's fiber (whose stack is small: Cedar's evaluation, which watches its stack, would
 /// fail there), and stops it when the call is dropped (the guest's deadline passed).
@@ -288,7 +296,7 @@ pub trait FunctionHost: Send + Sync {
         self: Arc<Self>,
         tokens: Vec<String>,
         level: Redaction,
-    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>>;
+    ) -> HostFuture<Detokenized>;
     fn tokenize(
         self: Arc<Self>,
         vault: String,
@@ -526,7 +534,7 @@ impl FunctionHost for VaultAccess {
         self: Arc<Self>,
         tokens: Vec<String>,
         level: Redaction,
-    ) -> HostFuture<Result<Vec<Result<Zeroizing<String>, String>>, String>> {
+    ) -> HostFuture<Detokenized> {
         off_fiber(async move { VaultAccess::detokenize(&self, tokens, level).await })
     }
 
@@ -671,7 +679,7 @@ impl FunctionService {
         version: &str,
         bytes: &[u8],
         recorded: Option<&[u8]>,
-    ) -> Result<(Component, TransformPre<State>, Option<Vec<u8>>), FunctionsError> {
+    ) -> Result<Compiled, FunctionsError> {
         let path = self.cache_path(version);
         let cached = recorded.and_then(|expected| {
             let artifact = std::fs::read(&path).ok()?;
