@@ -10,6 +10,7 @@
 //! - [`db`]: the connection pool and migrations; [`pg`]: the PostgreSQL the server runs itself.
 
 pub mod api;
+mod cache;
 pub mod config;
 pub mod connections;
 pub mod crypto;

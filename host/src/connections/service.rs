@@ -7,13 +7,14 @@ use super::config::{
 use super::egress::{self, EgressPolicy};
 use super::locations::Selector;
 use super::{ConnError, Deps};
+use crate::cache::VersionCache;
 use crate::crypto::{Key, constant_time_eq, open, seal};
 use crate::vault::{Detail, Redaction, VaultError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// A version compiled for calls: parsed URL, route templates and selectors, its HTTP client.
@@ -118,59 +119,10 @@ pub struct ConnectionService {
     pub(super) deps: Deps,
     pub(super) egress: Arc<EgressPolicy>,
     secrets_key: Key,
+    /// The compiled versions by connection name (a change forgets the name, or all of them
+    /// when a secret changes).
     compiled: VersionCache<Arc<Compiled>>,
     pub(super) limiter: RateLimiter,
-}
-
-/// The compiled versions by connection name, and a generation that every change bumps.
-///
-/// INVARIANT: a version read from the database before a change is never cached after it. A
-/// compile reads the database and awaits, so a `forget` (after an update, activation, delete or
-/// secret change) can land between its read and its insert; the insert then sees a newer
-/// generation and keeps nothing, instead of putting the stale version (or a deleted
-/// connection, or a rotated secret) back until the next change.
-pub(super) struct VersionCache<T> {
-    inner: RwLock<(HashMap<String, T>, u64)>,
-}
-
-impl<T: Clone> VersionCache<T> {
-    fn new() -> Self {
-        VersionCache {
-            inner: RwLock::new((HashMap::new(), 0)),
-        }
-    }
-
-    /// The cached entry, or the generation to hand to [`VersionCache::insert`] once the entry
-    /// has been built from what the database holds now.
-    fn get(&self, name: &str) -> Result<T, u64> {
-        match self.inner.read() {
-            Ok(c) => c.0.get(name).cloned().ok_or(c.1),
-            Err(_) => Err(u64::MAX),
-        }
-    }
-
-    /// Caches `value` unless something changed since [`VersionCache::get`] gave `generation`.
-    fn insert(&self, name: &str, value: T, generation: u64) {
-        if let Ok(mut c) = self.inner.write()
-            && c.1 == generation
-        {
-            c.0.insert(name.to_string(), value);
-        }
-    }
-
-    fn forget(&self, name: &str) {
-        if let Ok(mut c) = self.inner.write() {
-            c.0.remove(name);
-            c.1 += 1;
-        }
-    }
-
-    fn forget_all(&self) {
-        if let Ok(mut c) = self.inner.write() {
-            c.0.clear();
-            c.1 += 1;
-        }
-    }
 }
 
 fn invalid(details: Vec<Detail>) -> ConnError {
@@ -960,33 +912,6 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap_or_else(|_| unreachable!("an address"))
-    }
-
-    #[test]
-    fn a_forget_during_a_compile_keeps_the_stale_version_out_of_the_cache() {
-        let cache = VersionCache::new();
-        // a call misses and reads version 1 from the database...
-        let Err(generation) = cache.get("stripe") else {
-            unreachable!("empty cache")
-        };
-        // ...meanwhile the connection is updated (or deleted, or a secret rotated)...
-        cache.forget("stripe");
-        // ...and the call's compile finishes: it is served once but not cached.
-        cache.insert("stripe", 1, generation);
-        let Err(next) = cache.get("stripe") else {
-            unreachable!("the stale version was cached")
-        };
-        // the next call compiles what is current and keeps it
-        cache.insert("stripe", 2, next);
-        assert_eq!(cache.get("stripe"), Ok(2));
-        // forget_all (a secret changed) counts as a change for every name
-        let Err(generation) = cache.get("other") else {
-            unreachable!("empty")
-        };
-        cache.forget_all();
-        cache.insert("other", 7, generation);
-        assert!(cache.get("other").is_err());
-        assert!(cache.get("stripe").is_err());
     }
 
     #[test]

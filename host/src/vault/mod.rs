@@ -18,13 +18,14 @@ pub use keys::{KeyVersionInfo, KeysReport};
 pub use records::{InsertedRecord, NewRecord, RecordView};
 pub use schema::{Column, NewColumn, NewTable, NewVault, Redaction};
 
+use crate::cache::VersionCache;
 use crate::crypto::{KeyRingError, MasterKeyRing};
 use crate::db::DbError;
 use deadpool_postgres::Pool;
 use keys::VaultKeys;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Most records in one insert, and most tokens in one detokenize.
@@ -187,25 +188,13 @@ impl LoadedVault {
     }
 }
 
-/// Loaded vaults by name, and how many invalidations there have been.
-///
-/// INVARIANT: a load inserts what it read only if no invalidation came since it started
-/// (same `generation`, checked under the write lock that invalidations take). Otherwise a load
-/// that read the database just before a schema change, a key rotation or a delete committed
-/// would put the old state back for good: an unknown new column, writes under a retired key
-/// version, a deleted vault's keys kept in memory.
-#[derive(Default)]
-struct Cache {
-    vaults: HashMap<String, Arc<LoadedVault>>,
-    generation: u64,
-}
-
 /// The vault service. Cheap to clone.
 #[derive(Clone)]
 pub struct VaultService {
     pool: Pool,
     ring: Arc<MasterKeyRing>,
-    cache: Arc<RwLock<Cache>>,
+    /// Loaded vaults (a schema change, key rotation or delete forgets the name).
+    cache: Arc<VersionCache<Arc<LoadedVault>>>,
     rotation: rotation::Worker,
     prober: probe::Prober,
 }
@@ -242,35 +231,22 @@ impl VaultService {
 
     /// The loaded vault `name` (from the cache, else the database).
     pub async fn load(&self, name: &str) -> Result<Arc<LoadedVault>, VaultError> {
-        let generation = match self.cache.read() {
-            Ok(cache) => match cache.vaults.get(name) {
-                Some(v) => return Ok(v.clone()),
-                None => cache.generation,
-            },
-            Err(_) => u64::MAX,
+        let generation = match self.cache.get(name) {
+            Ok(v) => return Ok(v),
+            Err(generation) => generation,
         };
         let client = self.pool.get().await?;
         let loaded = Arc::new(store::load_vault(&client, &self.ring, name).await?);
-        if let Ok(mut cache) = self.cache.write()
-            && cache.generation == generation
-        {
-            cache.vaults.insert(name.to_string(), loaded.clone());
-        }
+        self.cache.insert(name, loaded.clone(), generation);
         Ok(loaded)
     }
 
     /// Drops a vault from the cache (after its schema or keys changed).
     fn invalidate(&self, name: &str) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.vaults.remove(name);
-            cache.generation += 1;
-        }
+        self.cache.forget(name);
     }
 
     fn invalidate_all(&self) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.vaults.clear();
-            cache.generation += 1;
-        }
+        self.cache.forget_all();
     }
 }
