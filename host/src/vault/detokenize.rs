@@ -52,6 +52,15 @@ impl VaultService {
         mut decided: Vec<Decided<'v>>,
         slots: &[usize],
     ) -> Result<Vec<Decided<'v>>, VaultError> {
+        let large: Vec<(Uuid, Uuid)> = decided
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|(hit, ..)| hit.sealed.is_none())
+            .map(|(hit, ..)| (hit.record, hit.column))
+            .collect();
+        if large.is_empty() {
+            return Ok(decided);
+        }
         // A plain value is copied into the answer at each position that asks for it; a masked
         // or redacted one is short whatever its size, but is still read (and held) once.
         let plain_copies = slots
@@ -65,15 +74,6 @@ impl VaultService {
             .filter(|(.., level)| *level != Redaction::Plain)
             .map(|(hit, ..)| hit.size);
         let answer_bytes = plain_copies.chain(read_once).fold(0, usize::saturating_add);
-        let large: Vec<(Uuid, Uuid)> = decided
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .filter(|(hit, ..)| hit.sealed.is_none())
-            .map(|(hit, ..)| (hit.record, hit.column))
-            .collect();
-        if large.is_empty() {
-            return Ok(decided);
-        }
         if answer_bytes > MAX_ANSWER_BYTES {
             return Err(VaultError::TooLarge(format!(
                 "the values asked for exceed {} MiB in one answer; detokenize fewer tokens, or download files from `…/records/{{id}}/files/{{column}}`",
