@@ -307,7 +307,7 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
         .unwrap()
         .count();
     assert!(cached >= 2, "{cached} cached artifacts");
-    let mut again = restart(&mut app).await;
+    let mut again = app.restart_with(|_| {}).await;
     let out = invoke(&again, "echo", json!({"y": 2})).await;
     assert_eq!(out["message"]["body"], "{\"y\":2}", "{out}");
     let (status, _) = again.delete("/v1/functions/echo").await;
@@ -325,24 +325,6 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     again.stop().await;
-}
-
-/// Stops `app` and starts a server again on its database and data directory.
-async fn restart(app: &mut TestApp) -> TestApp {
-    app.stop().await;
-    start_again(app).await
-}
-
-/// A server on the database and data directory of the stopped `app`.
-async fn start_again(app: &TestApp) -> TestApp {
-    let settings = strongroom_tests::test_settings(app.data_dir.clone());
-    TestApp::start(
-        settings,
-        app.db_name.clone(),
-        app.db.clone(),
-        app.data_dir.clone(),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -930,7 +912,7 @@ async fn a_swapped_cache_artifact_is_not_loaded() {
     let (echo, boom) = (artifact(&versions[0]), artifact(&versions[1]));
     app.stop().await;
     std::fs::copy(&boom, &echo).unwrap();
-    let mut again = start_again(&app).await;
+    let mut again = app.start_again(|_| {}).await;
     let out = invoke(&again, "echo", json!({"y": 2})).await;
     assert!(
         out.get("error").is_none(),

@@ -818,24 +818,6 @@ async fn a_stalled_statement_is_cancelled_and_answered_503() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-/// Stops `app` and starts a server on its database and data directory, with settings
-/// adjusted by `adjust`.
-async fn restart(
-    app: &mut TestApp,
-    adjust: impl FnOnce(&mut strongroom::config::Settings),
-) -> TestApp {
-    app.stop().await;
-    let mut settings = strongroom_tests::test_settings(app.data_dir.clone());
-    adjust(&mut settings);
-    TestApp::start(
-        settings,
-        app.db_name.clone(),
-        app.db.clone(),
-        app.data_dir.clone(),
-    )
-    .await
-}
-
 /// The highest sequence number stored.
 async fn last_seq(app: &TestApp) -> i64 {
     app.db()
@@ -1040,7 +1022,7 @@ async fn cutting_the_end_of_the_audit_log_is_detected_also_after_a_restart() {
     db.execute("DELETE FROM audit_events WHERE seq > $1", &[&(last - 3)])
         .await
         .unwrap();
-    let mut app2 = restart(&mut app, |_| {}).await;
+    let mut app2 = app.restart_with(|_| {}).await;
     let (status, _) = app2.get("/v1/vaults").await;
     assert_eq!(status, StatusCode::OK, "the log still takes events");
     let (_, after) = app2.get("/v1/audit/verify").await;
@@ -1099,7 +1081,7 @@ async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
     let (status, _) = app.get("/v1/vaults").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let mut again = restart(&mut app, |_| {}).await;
+    let mut again = app.restart_with(|_| {}).await;
     let (status, body) = again.get("/v1/vaults").await;
     let err = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
     assert!(
@@ -1116,10 +1098,9 @@ async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
 
     // a new configured key replaces the revoked one
     const NEW_KEY: &str = "a-new-admin-key-0123456789abcdefghijklmnop";
-    let third = restart(&mut again, |s| {
-        s.admin_key = Some(NEW_KEY.to_string().into())
-    })
-    .await;
+    let third = again
+        .restart_with(|s| s.admin_key = Some(NEW_KEY.to_string().into()))
+        .await;
     let (status, _) = third
         .call_as(Some(NEW_KEY), Method::GET, "/v1/vaults", None)
         .await;

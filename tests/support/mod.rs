@@ -226,6 +226,27 @@ impl TestApp {
         }
     }
 
+    /// Stops this server and starts another on its database and data directory, with the test
+    /// settings adjusted by `adjust`.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        self.stop().await;
+        self.start_again(adjust).await
+    }
+
+    /// Another server on this (stopped) server's database and data directory, with the test
+    /// settings adjusted by `adjust`.
+    pub async fn start_again(&self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = test_settings(self.data_dir.clone());
+        adjust(&mut settings);
+        TestApp::start(
+            settings,
+            self.db_name.clone(),
+            self.db.clone(),
+            self.data_dir.clone(),
+        )
+        .await
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
