@@ -6,9 +6,10 @@
 use super::AppState;
 use super::auth::{Action, Principal, authorize, note_table};
 use super::error::ApiError;
+use super::extract::{Form, multipart_error};
 use crate::types::file::MAX_FILE_BYTES;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -73,7 +74,7 @@ async fn upload(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path((vault, table, id, column)): Path<(String, String, String, String)>,
-    mut form: Multipart,
+    Form(mut form): Form,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::UpdateRecord, Some(&vault))?;
     note_table(&table);
@@ -81,7 +82,7 @@ async fn upload(
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|_| ApiError::invalid("the body is not valid multipart/form-data"))?
+        .map_err(|e| multipart_error(&e, "the multipart/form-data body"))?
     {
         if field.name() != Some("file") || file.is_some() {
             return Err(ApiError::invalid(
@@ -93,7 +94,7 @@ async fn upload(
         let bytes = field
             .bytes()
             .await
-            .map_err(|_| ApiError::invalid("could not read the `file` part (at most 16 MiB)"))?;
+            .map_err(|e| multipart_error(&e, "the `file` part (at most 16 MiB)"))?;
         let (Some(name), Some(media_type)) = (name, media_type) else {
             return Err(ApiError::invalid(
                 "the `file` part needs a file name and a content type",

@@ -4,10 +4,10 @@ use super::AppState;
 use super::auth::{Action, Principal, authorize};
 use super::created;
 use super::error::ApiError;
-use super::extract::Json;
+use super::extract::{Form, Json, multipart_error};
 use crate::functions::sandbox::Hook;
 use crate::functions::{FunctionsError, Manifest, MessageView};
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -49,27 +49,27 @@ impl From<FunctionsError> for ApiError {
 }
 
 /// Reads the `manifest` (JSON) and `component` (bytes) parts.
-async fn parts(mut form: Multipart) -> Result<(Manifest, Vec<u8>), ApiError> {
+async fn parts(Form(mut form): Form) -> Result<(Manifest, Vec<u8>), ApiError> {
     let (mut manifest, mut component) = (None, None);
     loop {
         let field = form
             .next_field()
             .await
-            .map_err(|_| ApiError::invalid("the body is not valid multipart/form-data"))?;
+            .map_err(|e| multipart_error(&e, "the multipart/form-data body"))?;
         let Some(field) = field else { break };
         match field.name() {
             Some("manifest") => {
                 let bytes = field
                     .bytes()
                     .await
-                    .map_err(|_| ApiError::invalid("could not read the `manifest` part"))?;
+                    .map_err(|e| multipart_error(&e, "the `manifest` part"))?;
                 manifest = Some(super::extract::parse_json::<Manifest>(&bytes)?);
             }
             Some("component") => {
                 let bytes = field
                     .bytes()
                     .await
-                    .map_err(|_| ApiError::invalid("could not read the `component` part"))?;
+                    .map_err(|e| multipart_error(&e, "the `component` part"))?;
                 component = Some(bytes.to_vec());
             }
             other => {
@@ -91,7 +91,7 @@ async fn parts(mut form: Multipart) -> Result<(Manifest, Vec<u8>), ApiError> {
 async fn upload(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
-    form: Multipart,
+    form: Form,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::ManageFunctions, None)?;
     let (manifest, bytes) = parts(form).await?;
@@ -103,7 +103,7 @@ async fn upload_version(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    form: Multipart,
+    form: Form,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::ManageFunctions, None)?;
     let (manifest, bytes) = parts(form).await?;

@@ -4,11 +4,10 @@ use super::AppState;
 use super::auth::{Action, Principal, authorize};
 use super::created;
 use super::error::ApiError;
-use super::extract::{Json, QueryParams};
+use super::extract::{Body, Json, QueryParams};
 use crate::governance::audit::{self, Filter};
 use crate::governance::{CheckRequest, GrantRecord};
 use crate::vault::schema::valid_name;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -125,7 +124,7 @@ async fn add_key(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::ManageServiceAccounts, None)?;
     let body: NewKeyBody = if body.is_empty() {
@@ -177,7 +176,7 @@ async fn put_policies(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     authorize(&s, &p, Action::WritePolicies, None)?;
     let is_text = headers

@@ -126,9 +126,10 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        .and_then(|v| match v.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Some(rest),
+            _ => None,
         })
         .map(str::trim)
 }
