@@ -4,6 +4,7 @@
 mod bad_input;
 mod connections;
 mod connections_tls;
+mod contract;
 mod files;
 mod functions;
 mod governance;

@@ -317,6 +317,7 @@ pub async fn audited(
     next: Next,
 ) -> Response {
     let method = req.method().to_string();
+    let matched_any = matched.is_some();
     let route = matched.map_or_else(|| "unknown".to_string(), |m| m.as_str().to_string());
     let event = Arc::new(Mutex::new(Event {
         request_id: request_id(),
@@ -342,7 +343,13 @@ pub async fn audited(
     if event.action.is_empty() {
         event.action = format!("{method} {route}");
     }
-    match s.gov.audit.append(event).await {
+    let appended = s.gov.audit.append(event).await;
+    let label = crate::metrics::MatchedRoute(if matched_any {
+        route
+    } else {
+        crate::metrics::UNMATCHED.to_string()
+    });
+    let mut response = match appended {
         Ok(_) => response,
         Err(e) => {
             tracing::error!(request_id = %request_id(), error = %e, "audit append failed; answer withheld");
@@ -353,5 +360,7 @@ pub async fn audited(
             )
             .into_response()
         }
-    }
+    };
+    response.extensions_mut().insert(label);
+    response
 }

@@ -120,6 +120,8 @@ pub fn router(
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .nest("/v1/inbound", inbound)
         .nest("/v1", v1)
         .fallback(not_found)
@@ -127,6 +129,30 @@ pub fn router(
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// `GET /metrics` (no key: counts and durations only, see `crate::metrics`).
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(state.vault.pool().status()),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document of this API (no key).
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /openapi.json`.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -174,6 +200,19 @@ async fn request_context(req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
     let started = Instant::now();
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let label = match response.extensions().get::<crate::metrics::MatchedRoute>() {
+        Some(m) => m.0.as_str(),
+        None => match route.as_str() {
+            known @ ("/healthz" | "/readyz" | "/metrics" | "/openapi.json") => known,
+            _ => crate::metrics::UNMATCHED,
+        },
+    };
+    crate::metrics::request(
+        &method,
+        label,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     tracing::info!(
         request_id = %id,
         method = %method,

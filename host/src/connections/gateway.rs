@@ -17,6 +17,7 @@ use crate::functions::sandbox::{Hook, HttpMessage};
 use crate::governance::accounts::Caller;
 use crate::governance::audit;
 use crate::governance::gate::CedarGate;
+use crate::metrics;
 use crate::vault::{Redaction, VaultError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -447,11 +448,20 @@ impl ConnectionService {
             .body(body)
             .send()
             .await;
+        let direction = match conn.config.kind {
+            Kind::Outbound => metrics::Direction::Outbound,
+            Kind::Inbound => metrics::Direction::Inbound,
+        };
+        let failed = |e: &reqwest::Error| {
+            let outcome = if e.is_timeout() { "timeout" } else { "failed" };
+            metrics::upstream(direction, outcome, started.elapsed());
+            upstream_failure(e)
+        };
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 audit::note(|ev| ev.count("upstream_ms", started.elapsed().as_millis() as u64));
-                return Err(upstream_failure(&e));
+                return Err(failed(&e));
             }
         };
         let status = resp.status();
@@ -470,9 +480,10 @@ impl ConnectionService {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(upstream_failure(&e)),
+                Err(e) => return Err(failed(&e)),
             }
         }
+        metrics::upstream(direction, "answered", started.elapsed());
         let ms = started.elapsed().as_millis() as u64;
         audit::note(|e| {
             e.count("upstream_status", u64::from(status.as_u16()));
@@ -705,6 +716,7 @@ impl ConnectionService {
             }
             if !found.is_empty() {
                 let values = self.detokenize(&conn, route, found, purpose).await?;
+
                 let mut edits = Vec::with_capacity(values.len());
                 for (f, v) in values {
                     edits.push((f, v.as_str().to_string()));

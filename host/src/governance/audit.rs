@@ -551,7 +551,9 @@ async fn writer(pool: Pool, key: Arc<Key>, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = write_batch(&pool, &key, &mut state, &mut batch).await;
+        crate::metrics::audit_batch(batch.len(), result.is_ok(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(error = %e, events = batch.len(), "could not write audit events");
             // Re-read the tail next time: the failed batch may or may not have landed.
