@@ -122,6 +122,10 @@ pub struct ConnectionService {
     /// The compiled versions by connection name (a change forgets the name, or all of them
     /// when a secret changes).
     compiled: VersionCache<Arc<Compiled>>,
+    /// Held while a version compiles, so that the calls that all miss at once (the first ones
+    /// after a start or a change) compile it once between them, not once each: a compile
+    /// opens secrets and loads the system's root certificates, tens of milliseconds of CPU.
+    compiling: tokio::sync::Mutex<()>,
     pub(super) limiter: RateLimiter,
 }
 
@@ -144,6 +148,7 @@ impl ConnectionService {
             egress: Arc::new(egress),
             secrets_key,
             compiled: VersionCache::new(),
+            compiling: tokio::sync::Mutex::new(()),
             limiter: RateLimiter::default(),
         }
     }
@@ -658,6 +663,11 @@ impl ConnectionService {
 
     /// The active version of `name`, compiled (cached until the connection changes).
     pub(super) async fn active(&self, name: &str) -> Result<Arc<Compiled>, ConnError> {
+        if let Ok(c) = self.compiled.get(name) {
+            return Ok(c);
+        }
+        let _compiling = self.compiling.lock().await;
+        // Another call may have compiled it while this one waited.
         let generation = match self.compiled.get(name) {
             Ok(c) => return Ok(c),
             Err(generation) => generation,
@@ -785,7 +795,11 @@ impl ConnectionService {
             }
         }
         // The secret holding the client key may have changed since validation.
-        let client = builder.build().map_err(|_| unusable_tls())?;
+        // Building reads and parses the system's root certificates: off the request threads.
+        let client = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|_| internal("client build"))?
+            .map_err(|_| unusable_tls())?;
         let headers = config
             .headers
             .iter()
