@@ -214,6 +214,9 @@ impl Caller {
 /// its previous answer (the wait counts: no coordinated omission), and from the moment it was
 /// sent otherwise (the timer's own lateness, up to a millisecond, does not). Every answer must
 /// be 200 OK. The callers come back for the next phase; the latencies come back sorted.
+///
+/// `BENCH_TAILS=1` (diagnostic) prints each call slower than 5 ms to standard error with the
+/// wall-clock time it was due, to line the tail up with the server's log or a CPU sampler.
 pub async fn paced(
     callers: Vec<Caller>,
     path: &str,
@@ -222,6 +225,7 @@ pub async fn paced(
     calls: usize,
 ) -> Result<(Vec<Caller>, Vec<Duration>)> {
     let n = callers.len();
+    let tails = std::env::var_os("BENCH_TAILS").is_some();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let mut tasks = Vec::with_capacity(n);
     for (c, mut caller) in callers.into_iter().enumerate() {
@@ -234,11 +238,29 @@ pub async fn paced(
                     due
                 } else {
                     tokio::time::sleep_until(due).await;
-                    tokio::time::Instant::now()
+                    let woke = tokio::time::Instant::now();
+                    if tails && woke - due > Duration::from_millis(5) {
+                        eprintln!(
+                            "late timer: woke {:.1} ms after its due time",
+                            (woke - due).as_secs_f64() * 1e3
+                        );
+                    }
+                    woke
                 };
                 let body = bodies[i % bodies.len()].clone();
                 let (status, answer) = caller.post(&path, body).await?;
                 lat.push(t0.elapsed());
+                if tails && t0.elapsed() > Duration::from_millis(5) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    eprintln!(
+                        "slow call: due at second {:02}.{:03} of the minute (wall clock), {:.1} ms: {path}",
+                        now.saturating_sub(t0.elapsed()).as_secs() % 60,
+                        now.saturating_sub(t0.elapsed()).subsec_millis(),
+                        t0.elapsed().as_secs_f64() * 1e3,
+                    );
+                }
                 if status != hyper::StatusCode::OK {
                     bail!("{path}: {status}: {}", String::from_utf8_lossy(&answer));
                 }

@@ -482,10 +482,12 @@ async fn main() -> Result<()> {
     let wasm = std::fs::read(guests()?.join("hostile_trivial.wasm"))?;
 
     let upstream = start_upstream()?;
+    // BENCH_SERVER_LOG (diagnostic): the server's log filter, `info` for each request's latency.
+    let server_log = std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into());
     let server: Server = start_server(&[
         ("STRONGROOM_EGRESS_ALLOW_NETWORKS", "127.0.0.1/32"),
         ("STRONGROOM_EGRESS_ALLOW_HTTP_HOSTS", "127.0.0.1"),
-        ("STRONGROOM_LOG", "error"),
+        ("STRONGROOM_LOG", &server_log),
     ])
     .await?;
     let client = reqwest::Client::builder()
