@@ -26,7 +26,10 @@
 //! binary, default `/usr/sbin/nginx` or `nginx` on the PATH),
 //! `BENCH_SYNC_COMMIT=off` (diagnostic: the server's PostgreSQL stops waiting for the WAL flush
 //! at commit, to show what the audit append's commit costs a call), `BENCH_PROFILE=plain|bench`
-//! (diagnostic: print the server's pid, then only load that route for 60 s, for `perf record -p`).
+//! (diagnostic: print the server's pid, then only load that route for 60 s, for `perf record -p`),
+//! `BENCH_TRY_PATH=/v1/zzz` (diagnostic: only a paced load on that server path, any answer
+//! accepted, at the first of `BENCH_RATES` for `BENCH_PACED_SECS`), `BENCH_TAILS=1`
+//! (diagnostic: print each slow paced call with its wall-clock time), `BENCH_SERVER_LOG`.
 //! Builds the guest components first (`cargo build --release --target wasm32-wasip2` in
 //! `functions-examples/`).
 
@@ -508,6 +511,23 @@ async fn main() -> Result<()> {
             .map(|b| serde_json::to_vec(b).map(Bytes::from))
             .collect::<Result<Vec<_>, _>>()?,
     );
+    if let Ok(path) = std::env::var("BENCH_TRY_PATH") {
+        // Diagnostic: paced load on one server path (any answer), to find which step of a
+        // call the tail comes from.
+        let mut callers = Vec::with_capacity(conc);
+        for _ in 0..conc {
+            callers.push(Caller::connect(&server.base).await?);
+        }
+        let rate = rates("BENCH_RATES", &[1000.0])[0];
+        let calls = (rate * env_or("BENCH_PACED_SECS", 10) as f64) as usize;
+        let (_, lat) = paced(callers, &path, &bodies, rate, calls, true).await?;
+        println!(
+            "{path}, {rate} calls/s offered by {conc} callers: p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+        return Ok(());
+    }
     if let Ok(route) = std::env::var("BENCH_PROFILE") {
         println!(
             "server pid {}: loading /v1/gateway/{route} for 60 s",
@@ -667,7 +687,7 @@ async fn main() -> Result<()> {
             for _ in 0..conc {
                 callers.push(Caller::connect(url).await?);
             }
-            let (_, lat) = paced(callers, split_url(url)?.1, &bodies, rate, calls).await?;
+            let (_, lat) = paced(callers, split_url(url)?.1, &bodies, rate, calls, false).await?;
             let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1e3;
             line.push_str(&format!(" {label} {:.2}/{:.2} |", ms(0.50), ms(0.99)));
             p50.push((*label, percentile(&lat, 0.50)));

@@ -313,7 +313,15 @@ async fn main() -> Result<()> {
     let secs: f64 = env_or("BENCH_PACED_SECS", 4.0);
     let mut paced_rows = Vec::new();
     for rate in rates("BENCH_RATES", &[1000.0, 2000.0, 3000.0]) {
-        let (back, lat) = paced(callers, det_path, &bodies, rate, (rate * secs) as usize).await?;
+        let (back, lat) = paced(
+            callers,
+            det_path,
+            &bodies,
+            rate,
+            (rate * secs) as usize,
+            false,
+        )
+        .await?;
         callers = back;
         paced_rows.push((rate, lat));
     }
