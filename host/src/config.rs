@@ -36,6 +36,11 @@ pub struct Settings {
     /// instead (`STRONGROOM_AUDIT_TIMEOUT_MS`, default 5000). A request is never answered
     /// unaudited; this bounds how long a stalled database holds every request.
     pub audit_timeout_ms: usize,
+    /// How long a client may take to send a request's headers, and on a kept-alive connection
+    /// to begin its next request, before the connection is closed
+    /// (`STRONGROOM_HEADER_READ_TIMEOUT_MS`, default 10000). A client that trickles its
+    /// headers cannot hold a connection, and the memory it pins, for ever.
+    pub header_read_timeout_ms: usize,
     /// Lifts the card guardrail (`STRONGROOM_ALLOW_PLAINTEXT_CARDS=true`): service accounts may
     /// then receive plaintext card numbers where policies allow. Off by default; logged when on.
     pub allow_plaintext_cards: bool,
@@ -77,6 +82,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "db_pool_size",
     "audit_timeout_ms",
+    "header_read_timeout_ms",
     "db_wait_timeout_ms",
     "statement_timeout_ms",
     "allow_plaintext_cards",
@@ -98,6 +104,11 @@ impl Settings {
     /// `audit_timeout_ms` as a duration.
     pub fn audit_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.audit_timeout_ms as u64)
+    }
+
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_read_timeout_ms.max(1) as u64)
     }
 
     /// Reads the process environment (and the file it may name).
@@ -158,6 +169,11 @@ impl Settings {
                 get("audit_timeout_ms")?,
                 "STRONGROOM_AUDIT_TIMEOUT_MS",
                 5000,
+            )?,
+            header_read_timeout_ms: number(
+                get("header_read_timeout_ms")?,
+                "STRONGROOM_HEADER_READ_TIMEOUT_MS",
+                10_000,
             )?,
             allow_plaintext_cards: match get("allow_plaintext_cards")?.as_deref().map(str::trim) {
                 None | Some("") | Some("false") => false,

@@ -10,7 +10,6 @@ use crate::governance::Governance;
 use crate::pg::ManagedPostgres;
 use crate::vault::VaultService;
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
 use base64::Engine;
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -28,6 +27,7 @@ pub struct Application {
     pool: deadpool_postgres::Pool,
     vault: VaultService,
     gov: Arc<Governance>,
+    header_read_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -158,6 +158,7 @@ impl Application {
             pool: pool_to_close,
             vault,
             gov,
+            header_read_timeout: settings.header_read_timeout(),
         })
     }
 
@@ -189,20 +190,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         tracing::info!(address = %self.local_addr(), "strongroom listening");
-        // Answers go out at once: without TCP_NODELAY, a reply written in two parts waits for
-        // the client's delayed ACK of the first.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        // Peer addresses: public inbound routes are rate-limited per client.
-        let served = axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+        let served = serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         drop(self.vault);
         self.pool.close();
@@ -290,5 +283,87 @@ fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
     file.write_all(contents)?;
     file.write_all(b"\n")?;
     file.sync_all()?;
+    Ok(())
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the requests in flight
+/// finish. axum's own `serve` cannot set a deadline on reading a request's headers, so a
+/// client could hold a connection open for ever by trickling them; here each connection gets
+/// `header_read_timeout` for every request's headers (on a kept-alive connection, from the
+/// end of the previous answer).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Every connection holds a receiver: the sender learns when the last one is done.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a moment rather than spin.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers go out at once: without TCP_NODELAY, a reply written in two parts waits for
+        // the client's delayed ACK of the first.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        // Peer addresses: public inbound routes are rate-limited per client.
+        let service = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    changed = stop.changed(), if !stopping => {
+                        // Finish the request in flight, then close.
+                        stopping = true;
+                        let _ = changed;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(stop);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    stop_tx.closed().await;
     Ok(())
 }
