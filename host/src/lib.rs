@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod db;
 pub mod functions;
 pub mod governance;
+pub mod leak;
 pub mod metrics;
 pub mod pg;
 pub mod startup;

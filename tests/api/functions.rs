@@ -13,28 +13,36 @@ const FUNCTIONS_MAY_DETOKENIZE: &str = "@id(\"functions-detokenize\")\npermit (p
 async fn vault_with_dob(app: &TestApp) -> (String, String) {
     let (status, body) = app.policies(FUNCTIONS_MAY_DETOKENIZE).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = app
-        .post(
-            "/v1/vaults",
-            json!({"name": "kyc", "tables": [{"name": "people", "columns": [
+    let record = vault_with_record(
+        app,
+        json!({"name": "kyc", "tables": [{"name": "people", "columns": [
             {"name": "dob", "type": "date_of_birth"},
             {"name": "card", "type": "card_number", "tokenization": "format_preserving"}]}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = app
-        .post(
-            "/v1/vaults/kyc/tables/people/records",
-            json!({"records": [
-            {"fields": {"dob": "1990-01-31", "card": "4111111111111111"}}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let t = &body["records"][0]["tokens"];
+        json!({"dob": "1990-01-31", "card": "4111111111111111"}),
+    )
+    .await;
+    let t = &record["tokens"];
     (
         t["dob"].as_str().unwrap().into(),
         t["card"].as_str().unwrap().into(),
     )
+}
+
+/// Creates the vault `schema` (one table) and stores one record of `fields` in it; returns the
+/// stored record as the API answered it (`id`, `tokens`).
+async fn vault_with_record(app: &TestApp, schema: Value, fields: Value) -> Value {
+    let (status, body) = app.post("/v1/vaults", schema.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = format!(
+        "/v1/vaults/{}/tables/{}/records",
+        schema["name"].as_str().unwrap(),
+        schema["tables"][0]["name"].as_str().unwrap()
+    );
+    let (status, body) = app
+        .post(&path, json!({"records": [{"fields": fields}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["records"][0].clone()
 }
 
 fn manifest(name: &str, grants: Value, limits: Value) -> Value {
@@ -415,23 +423,14 @@ async fn vault_with_file(
     media_type: &str,
     content_base64: &str,
 ) -> String {
-    let (status, body) = app
-        .post(
-            "/v1/vaults",
-            json!({"name": "legal", "tables": [{"name": "contracts", "columns": [
+    let record = vault_with_record(
+        app,
+        json!({"name": "legal", "tables": [{"name": "contracts", "columns": [
             {"name": "pdf", "type": "file"}]}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = app
-        .post(
-            "/v1/vaults/legal/tables/contracts/records",
-            json!({"records": [{"fields": {"pdf": {"name": name,
-                "media_type": media_type, "content_base64": content_base64}}}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["records"][0]["id"].as_str().unwrap().to_string()
+        json!({"pdf": {"name": name, "media_type": media_type, "content_base64": content_base64}}),
+    )
+    .await;
+    record["id"].as_str().unwrap().to_string()
 }
 
 fn envelope_request(record: &str) -> Value {
@@ -783,6 +782,32 @@ async fn raw_file_bytes_do_not_return_to_the_caller() {
     assert_eq!(out["error"]["kind"], "egress_blocked", "{out}");
     assert!(out.get("message").is_none(), "{out}");
     assert!(!out.to_string().contains(&b64), "{out}");
+}
+
+/// A revealed value handed back percent-encoded or JSON-escaped is caught as well: the egress
+/// check of a test run decodes what it searches, as the gateway's does.
+#[tokio::test]
+async fn encoded_values_do_not_return_to_the_caller() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.policies(FUNCTIONS_MAY_DETOKENIZE).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let record = vault_with_record(
+        &app,
+        json!({"name": "kyc", "tables": [{"name": "people", "columns": [
+            {"name": "email", "type": "email"}]}]}),
+        json!({"email": "grace.hopper@navy.example"}),
+    )
+    .await;
+    let token = record["tokens"]["email"].as_str().unwrap().to_string();
+    upload_granted(&app, "encoded", &["email"], "hostile_encoded_reveal").await;
+    for encode in ["percent", "json"] {
+        let out = invoke(&app, "encoded", json!({"token": token, "encode": encode})).await;
+        assert_eq!(out["error"]["kind"], "egress_blocked", "{encode}: {out}");
+        assert!(out.get("message").is_none(), "{encode}: {out}");
+        let text = out.to_string().to_lowercase();
+        assert!(!text.contains("%67%72%61"), "{encode}: {out}");
+        assert!(!text.contains("\\u0067"), "{encode}: {out}");
+    }
 }
 
 /// `vault.tokenize` stores only into a column the manifest grants, whatever Cedar allows.

@@ -1040,7 +1040,7 @@ impl FunctionService {
             .log
             .into_iter()
             .map(
-                |line| match holds_revealed(&line.message, &outcome.revealed) {
+                |line| match crate::leak::reveals(&line.message, &outcome.revealed) {
                     false => line,
                     true => LogLine {
                         level: line.level,
@@ -1172,7 +1172,7 @@ impl FunctionService {
 /// (the WIT promises so), nor a guest's text holding a value it revealed.
 fn shown_failure(mut f: Failure, revealed: &[Zeroizing<Vec<u8>>]) -> Failure {
     if f.kind == "function_error"
-        && (f.message.starts_with("internal") || holds_revealed(&f.message, revealed))
+        && (f.message.starts_with("internal") || crate::leak::reveals(&f.message, revealed))
     {
         f.message = match f.message.split(':').next() {
             Some(kind @ ("bad request" | "forbidden" | "internal")) => {
@@ -1194,8 +1194,8 @@ fn first_line(e: &wasmtime::Error) -> String {
         .collect()
 }
 
-/// Whether any value revealed during the invocation appears in what it returns (bytes
-/// against bytes: the URL, headers and raw body).
+/// Whether any value revealed during the invocation appears in what it returns (its URL,
+/// headers and raw body), as it is or escaped or percent-encoded ([`crate::leak::reveals`]).
 pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<Vec<u8>>]) -> bool {
     let mut bytes = Zeroizing::new(out.url.as_bytes().to_vec());
     for (k, v) in &out.headers {
@@ -1206,36 +1206,7 @@ pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<Vec<u8>>]) -> bool {
     }
     bytes.push(b'\n');
     bytes.extend_from_slice(&out.body);
-    holds_revealed(bytes.as_slice(), revealed)
-}
-
-/// Shorter values (a 3-digit CVC, `CA`) would match by chance too often to be told apart.
-const MIN_MATCHED_LEN: usize = 4;
-
-/// Whether `haystack` contains any of the values revealed during a call, byte for byte: the
-/// one rule behind every egress check (functions' test runs, connection replies, error
-/// messages).
-pub fn holds_revealed<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bool {
-    let haystack = haystack.as_ref();
-    let text = std::str::from_utf8(haystack).ok();
-    // Bytes that are not UTF-8 are searched as Latin-1 text (one char per byte, so a byte
-    // string holds another exactly when their Latin-1 texts do), keeping `str`'s linear search.
-    let mut latin: Option<Zeroizing<String>> = None;
-    revealed.iter().map(AsRef::as_ref).any(|v| {
-        if v.len() < MIN_MATCHED_LEN {
-            return false;
-        }
-        match (text, std::str::from_utf8(v)) {
-            (Some(h), Ok(n)) => h.contains(n),
-            _ => latin
-                .get_or_insert_with(|| latin1(haystack))
-                .contains(latin1(v).as_str()),
-        }
-    })
-}
-
-fn latin1(bytes: &[u8]) -> Zeroizing<String> {
-    Zeroizing::new(bytes.iter().map(|&b| char::from(b)).collect())
+    crate::leak::reveals(bytes.as_slice(), revealed)
 }
 
 /// Loads a compiled component from the cache.
