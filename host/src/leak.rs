@@ -5,7 +5,7 @@
 //!
 //! INVARIANT: every path that returns data after plaintext was revealed for it checks that
 //! data with [`reveals`], so a function or an upstream cannot send a revealed value back to a
-//! caller by escaping or percent-encoding it.
+//! caller by escaping, percent-encoding or base64-encoding it.
 
 use zeroize::Zeroizing;
 
@@ -37,16 +37,29 @@ fn latin1(bytes: &[u8]) -> Zeroizing<String> {
 }
 
 /// Whether `haystack` holds a revealed value as it is, or in the encodings an echo hands it back
-/// in: JSON-escaped (`\"`, `\/`, `\u00e9`, `\u0020`, surrogate pairs) and percent-encoded (the
-/// gateway's own `%20` and `%40` in query and form values, `+` for spaces, either hex case),
-/// also one inside the other (a URL in a JSON string). The text is decoded, not the values
-/// encoded, so any mix of escaped and literal characters is found. Only values with a
-/// character that an encoder rewrites can hide this way, so for the others (digits, tokens)
-/// and for text without `\`, `%` or `+` nothing more is done. Derived forms (base64,
-/// re-cased, reversed, split, reformatted) are out of scope.
+/// in:
+/// - JSON-escaped (`\"`, `\/`, `\u00e9`, `\u0020`, surrogate pairs) and percent-encoded (the
+///   gateway's own `%20` and `%40` in query and form values, `+` for spaces, either hex case),
+///   also one inside the other (a URL in a JSON string). The text is decoded, not the values
+///   encoded, so any mix of escaped and literal characters is found. Only values with a
+///   character that an encoder rewrites can hide this way, so for the others (digits, tokens)
+///   and for text without `\`, `%` or `+` this step does nothing;
+/// - base64 (standard or URL-safe alphabet, padded or not), alone or anywhere inside a longer
+///   base64 text, for values of at least [`MIN_BASE64_LEN`] bytes: how a file or a document
+///   travels in JSON, and so how an upstream that echoes a request hands it back.
+///
+/// Other derived forms (re-cased, reversed, split, reformatted, base64 with line breaks) are
+/// out of scope.
 pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bool {
     let haystack = haystack.as_ref();
     if holds_revealed(haystack, revealed) {
+        return true;
+    }
+    let text = String::from_utf8_lossy(haystack);
+    let text = text.as_ref();
+    let unescaped = text.contains('\\').then(|| json_unescape(text));
+    let text = unescaped.as_deref().unwrap_or(text);
+    if in_base64(text, revealed) {
         return true;
     }
     let encodable = |b: u8| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'));
@@ -56,21 +69,52 @@ pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bo
     {
         return false;
     }
-    let text = String::from_utf8_lossy(haystack);
-    let text = text.as_ref();
-    let unescaped = text.contains('\\').then(|| json_unescape(text));
-    if let Some(u) = &unescaped
-        && holds_revealed(u, revealed)
-    {
+    if unescaped.is_some() && holds_revealed(text, revealed) {
         return true;
     }
-    let text = unescaped.as_deref().unwrap_or(text);
     if !text.contains(['%', '+']) {
         return false;
     }
     let spaced = text.replace('+', " ");
     let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
     holds_revealed(decoded.as_bytes(), revealed)
+}
+
+/// Values shorter than this are not looked for in base64: their few characters of base64
+/// would match by chance.
+const MIN_BASE64_LEN: usize = 12;
+
+/// Whether `text` holds a revealed value base64-encoded, at any alignment.
+///
+/// Inside a longer base64 text a value may start at any byte, so its encoding is one of three
+/// (it starts 0, 1 or 2 bytes into a 3-byte group). For each, the characters that depend only
+/// on the value are sought: the first 0, 2 or 3 characters carry bits of the bytes before it,
+/// and the last partial character bits of the bytes after it (or the padding).
+fn in_base64<V: AsRef<[u8]>>(text: &str, revealed: &[V]) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let long: Vec<&[u8]> = revealed
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|v| v.len() >= MIN_BASE64_LEN)
+        .collect();
+    if long.is_empty() || !text.bytes().any(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    long.into_iter().any(|v| {
+        (0..3usize).any(|shift| {
+            let mut shifted = Zeroizing::new(vec![0u8; shift]);
+            shifted.extend_from_slice(v);
+            let skip = [0, 2, 3][shift];
+            let keep = shifted.len() * 8 / 6;
+            [STANDARD_NO_PAD, URL_SAFE_NO_PAD].iter().any(|engine| {
+                let encoded = Zeroizing::new(engine.encode(shifted.as_slice()));
+                encoded
+                    .get(skip..keep)
+                    .is_some_and(|stable| text.contains(stable))
+            })
+        })
+    })
 }
 
 /// `text` with its JSON string escapes decoded; anything that is not a valid escape is kept.
@@ -188,6 +232,43 @@ mod tests {
         );
         assert_eq!(json_unescape(r"\ud83d lone"), "\u{FFFD} lone");
         assert_eq!(json_unescape("end\\"), "end\\");
+    }
+
+    #[test]
+    fn base64_is_seen_at_every_alignment_and_in_both_alphabets() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let file: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        let values = vec![Zeroizing::new(file.clone())];
+        assert!(reveals(STANDARD.encode(&file), &values));
+        assert!(reveals(URL_SAFE_NO_PAD.encode(&file), &values));
+        for before in 0..6usize {
+            for after in 0..4usize {
+                let mut blob = vec![0x42u8; before];
+                blob.extend_from_slice(&file);
+                blob.extend(std::iter::repeat_n(0x17u8, after));
+                let json = format!(r#"{{"document_base64":"{}"}}"#, STANDARD.encode(&blob));
+                assert!(reveals(&json, &values), "{before} {after}: {json}");
+                // JSON may escape the alphabet's `/`
+                assert!(
+                    reveals(json.replace('/', "\\/"), &values),
+                    "{before} {after}"
+                );
+            }
+        }
+        // a different file, or one byte changed, is not a match
+        let mut other = file.clone();
+        other[20] ^= 1;
+        assert!(!reveals(STANDARD.encode(&other), &values));
+        // short values are not looked for in base64 (their encoding is too short to tell)
+        let short = revealed(&["4242 4242"]);
+        assert!(!reveals(STANDARD.encode("xx4242 4242xx"), &short));
+        // text values too: an e-mail address in a base64 blob
+        let email = revealed(&["grace.hopper@navy.example"]);
+        assert!(reveals(
+            STANDARD.encode("to: grace.hopper@navy.example\n"),
+            &email
+        ));
     }
 
     #[test]

@@ -1271,12 +1271,17 @@ async fn card_numbers_go_upstream_but_never_back_to_the_caller() {
         a.headers
     );
 
-    // also when the value comes back in a header or in another shape of body, and when a
-    // compressed reply cannot be inspected (after a reveal it does not pass)
+    // also when the value comes back in a header, in another shape of body or inside base64,
+    // and when a compressed reply cannot be inspected (after a reveal it does not pass)
     for reply in [
         Reply::json(200, json!({"ok": true})).header("x-card", ADA_CARD),
         Reply::text(200, &format!("last card used: {ADA_CARD}.")),
         Reply::text(200, "\u{1f}\u{8b} opaque bytes").header("content-encoding", "gzip"),
+        // base64 of a text holding it, the card 5 bytes in (not on a 3-byte boundary)
+        Reply::json(
+            200,
+            json!({"receipt": STANDARD.encode(format!("card={ADA_CARD};amount=5"))}),
+        ),
     ] {
         upstream.reply_on("/v1/echo", reply);
         let a = send_json(
@@ -1516,14 +1521,10 @@ async fn date_split_reshapes_a_date_of_birth_for_a_kyc_route() {
     assert_audit_has_no_plaintext(&app, &["1990-05-17", ADA_NAME]).await;
 }
 
-#[tokio::test]
-async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
-    const PDF: &[u8] = b"%PDF-1.7\n% the contract between Ada and the vault\n%%EOF\n";
-    let upstream = Upstream::start().await;
-    upstream.reply_with(Reply::json(
-        201,
-        json!({"envelope_id": "env_7", "status": "sent"}),
-    ));
+/// A vault document, the `file-extract` function and an outbound connection `esign` whose
+/// route ships the document to `upstream`; returns the server, the record holding `file`, the
+/// function's version and a backend's key.
+async fn esign_route(upstream: &Upstream, file: &[u8]) -> (TestApp, String, String, String) {
     let app = spawn_app().await;
     let (status, body) = app
         .post(
@@ -1538,7 +1539,7 @@ async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
         "legal",
         "contracts",
         json!({"pdf": {"name": "contract.pdf", "media_type": "application/pdf",
-                       "content_base64": STANDARD.encode(PDF)}}),
+                       "content_base64": STANDARD.encode(file)}}),
     )
     .await;
     let record = rec["id"].as_str().unwrap().to_string();
@@ -1563,16 +1564,59 @@ async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
     .await;
     let backend = app.service_account("contracts", &["app"]).await;
 
-    let a = send_json(
-        &app,
-        Some(&backend),
+    (app, record, version, backend)
+}
+
+/// Calls `esign_route`'s route as `backend`, for the document in `record`.
+async fn send_envelope(app: &TestApp, backend: &str, record: &str) -> Answer {
+    send_json(
+        app,
+        Some(backend),
         Method::POST,
         "/v1/gateway/esign/envelopes",
         &json!({"document": {"vault": "legal", "table": "contracts", "record": record, "column": "pdf"},
                 "signer": {"name": "Ada Lovelace", "email": "ada@example.test"},
                 "subject": "Please sign"}),
     )
-    .await;
+    .await
+}
+
+/// An upstream that echoes the request hands the shipped document back base64-encoded: the
+/// caller gets 502 `egress_blocked`, never the file, whether the file is text or binary.
+#[tokio::test]
+async fn an_upstream_echoing_a_shipped_file_is_refused() {
+    let binary: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(151) | 0x80).collect();
+    assert!(std::str::from_utf8(&binary).is_err());
+    for file in [
+        b"%PDF-1.7\n% a text-only contract\n%%EOF\n".to_vec(),
+        binary,
+    ] {
+        let upstream = Upstream::start().await;
+        upstream.reply_with(Reply::echo());
+        let (app, record, _, backend) = esign_route(&upstream, &file).await;
+        let a = send_envelope(&app, &backend, &record).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+        assert_eq!(a.json()["error"]["code"], "egress_blocked", "{}", a.text());
+        assert!(
+            !a.text().contains(&STANDARD.encode(&file)[8..40]),
+            "{}",
+            a.text()
+        );
+        // it did go upstream, where it belongs
+        assert!(upstream.last().text().contains(&STANDARD.encode(&file)));
+    }
+}
+
+#[tokio::test]
+async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
+    const PDF: &[u8] = b"%PDF-1.7\n% the contract between Ada and the vault\n%%EOF\n";
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(
+        201,
+        json!({"envelope_id": "env_7", "status": "sent"}),
+    ));
+    let (app, record, version, backend) = esign_route(&upstream, PDF).await;
+    let a = send_envelope(&app, &backend, &record).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
     assert_eq!(a.json()["envelope_id"], "env_7");
     assert!(!a.text().contains(&STANDARD.encode(PDF)));

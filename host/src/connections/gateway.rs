@@ -182,7 +182,7 @@ fn from_wit_headers(headers: &[(String, String)]) -> Result<HeaderMap, ConnError
 /// Whether any revealed value appears in the message that returns to the caller.
 /// A compressed body cannot be inspected, so it counts as a leak (the gateway never asks for
 /// compression; an upstream that compresses anyway is refused when something was revealed).
-fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bool {
+fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<Vec<u8>>]) -> bool {
     if revealed.is_empty() {
         return false;
     }
@@ -192,13 +192,19 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<String>]) -> bo
     {
         return true;
     }
-    let mut text = String::from_utf8_lossy(body).into_owned();
+    let mut bytes = Zeroizing::new(body.to_vec());
     for (k, v) in headers {
-        text.push_str(k.as_str());
-        text.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        bytes.push(b'\n');
+        bytes.extend_from_slice(k.as_str().as_bytes());
+        bytes.push(b':');
+        bytes.extend_from_slice(v.as_bytes());
     }
-    reveals(&text, revealed)
+    reveals(bytes.as_slice(), revealed)
 }
+
+/// Every value revealed while serving a call (detokenized, read from a file by a function, or
+/// a secret put in a header), as bytes: a file need not be text.
+type Revealed = Vec<Zeroizing<Vec<u8>>>;
 
 /// The call's answer when the reply would carry a revealed value back: counted in the audit
 /// event and logged (who, which connection and route; never the value), since a caller who
@@ -315,7 +321,7 @@ impl ConnectionService {
         hook: Hook,
         message: HttpMessage,
         purpose: &str,
-        revealed: &mut Vec<Zeroizing<String>>,
+        revealed: &mut Revealed,
     ) -> Result<HttpMessage, ConnError> {
         let t = self
             .deps
@@ -611,7 +617,7 @@ impl ConnectionService {
         let mut headers = forwardable(&req.headers, false);
         let mut query = req.raw_query.clone().unwrap_or_default();
         let mut body = req.body;
-        let mut revealed: Vec<Zeroizing<String>> = Vec::new();
+        let mut revealed: Revealed = Vec::new();
 
         // 1. Tokens to values, as the connection.
         if !route.detokenize.is_empty() {
@@ -630,11 +636,10 @@ impl ConnectionService {
             }
             if !found.is_empty() {
                 let values = self.detokenize(&conn, route, found, purpose).await?;
-
                 let mut edits = Vec::with_capacity(values.len());
                 for (f, v) in values {
                     edits.push((f, v.as_str().to_string()));
-                    revealed.push(v);
+                    revealed.push(Zeroizing::new(v.as_bytes().to_vec()));
                 }
                 locations::replace(&mut msg, &route.detokenize, edits).map_err(location_error)?;
             }
@@ -718,7 +723,7 @@ impl ConnectionService {
         function: &str,
         (method, url, headers, body): (Method, url::Url, HeaderMap, Vec<u8>),
         purpose: &str,
-        revealed: &mut Vec<Zeroizing<String>>,
+        revealed: &mut Revealed,
     ) -> Result<(Method, url::Url, HeaderMap, Vec<u8>), ConnError> {
         let msg = to_wit(&method, url.as_str(), None, &headers, body);
         let out = self
@@ -763,15 +768,15 @@ impl ConnectionService {
     }
 
     /// The connection's own headers (secrets already filled in when the version compiled).
-    fn add_configured_headers(
-        conn: &Compiled,
-        headers: &mut HeaderMap,
-        revealed: &mut Vec<Zeroizing<String>>,
-    ) {
+    fn add_configured_headers(conn: &Compiled, headers: &mut HeaderMap, revealed: &mut Revealed) {
         for (name, value) in &conn.headers {
             headers.insert(name.clone(), value.clone());
         }
-        revealed.extend(conn.secret_values.iter().cloned());
+        revealed.extend(
+            conn.secret_values
+                .iter()
+                .map(|v| Zeroizing::new(v.as_bytes().to_vec())),
+        );
     }
 
     /// `ANY /v1/inbound/{connection}/{path…}`, admitted by [`Self::admit_inbound`].

@@ -197,8 +197,8 @@ pub struct Invocation {
 /// (`run` has named the function's version in the request's audit event.)
 pub struct Transformed {
     pub result: Result<HttpMessage, Failure>,
-    /// Every plaintext the function revealed.
-    pub revealed: Vec<Zeroizing<String>>,
+    /// Every plaintext the function revealed (a file's bytes need not be text).
+    pub revealed: Vec<Zeroizing<Vec<u8>>>,
     pub duration_us: u64,
 }
 
@@ -990,16 +990,7 @@ impl FunctionService {
         let (_, outcome, duration_us) = self.run(name, hook, message, None, purpose).await?;
         Ok(Transformed {
             result: outcome.result,
-            // The connection's own checks compare text: the values that are text.
-            revealed: outcome
-                .revealed
-                .into_iter()
-                .filter_map(|v| {
-                    std::str::from_utf8(&v)
-                        .ok()
-                        .map(|t| Zeroizing::new(t.to_string()))
-                })
-                .collect(),
+            revealed: outcome.revealed,
             duration_us,
         })
     }
