@@ -130,6 +130,13 @@ impl From<VaultError> for ApiError {
             VaultError::TooLarge(message) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
+            // Every attempt drew a token another value holds: the column's format leaves too
+            // few tokens for the values stored. A state of the vault, not a server fault.
+            VaultError::TokenSpace => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "no unused token was found for a value: the column's token format leaves too few tokens for the values it holds",
+            ),
             VaultError::Db(e) => match e.unavailable() {
                 Some(sentence) => {
                     tracing::error!(request_id = %request_id(), error = %e, "database unavailable");
@@ -145,5 +152,17 @@ impl From<VaultError> for ApiError {
                 ApiError::internal()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_used_up_token_space_is_a_conflict_not_a_server_fault() {
+        let e = ApiError::from(VaultError::TokenSpace);
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(e.code, "conflict");
     }
 }
