@@ -15,11 +15,16 @@ pub struct Server {
     pub child: std::process::Child,
     pub dir: PathBuf,
     pub base: String,
+    /// The managed cluster's WAL directory, when `BENCH_PG_WAL_DIR` put it elsewhere.
+    pub wal_dir: Option<PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         stop(&mut self.child, &self.dir);
+        if let Some(wal) = &self.wal_dir {
+            let _ = std::fs::remove_dir_all(wal);
+        }
     }
 }
 
@@ -80,7 +85,20 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> Result<Server> {
     ));
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
-    let child = std::process::Command::new(exe)
+    // BENCH_PG_WAL_DIR=/dev/shm (diagnostic): the managed cluster's WAL in a fresh directory
+    // there, to see what commits cost the figures when their flushes do not wait on the disk.
+    // On tmpfs this is not durable: never a setting for a real server.
+    let wal_dir = std::env::var_os("BENCH_PG_WAL_DIR").map(|d| {
+        PathBuf::from(d).join(format!(
+            "strongroom-bench-wal-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    });
+    let mut command = std::process::Command::new(exe);
+    if let Some(wal) = &wal_dir {
+        command.env("STRONGROOM_PG_WAL_DIR", wal);
+    }
+    let child = command
         .arg("serve")
         .env("STRONGROOM_DATA_DIR", &dir)
         .env("STRONGROOM_LISTEN", format!("127.0.0.1:{port}"))
@@ -98,6 +116,7 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> Result<Server> {
         child,
         dir,
         base: format!("http://127.0.0.1:{port}"),
+        wal_dir,
     };
     let client = reqwest::Client::new();
     for _ in 0..600 {

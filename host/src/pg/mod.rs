@@ -66,6 +66,20 @@ impl ManagedPostgres {
     /// accepts connections. Recovers from a crash: a stale pid file or socket is cleared, and
     /// a postmaster still running on this data directory from an earlier run is stopped first.
     pub async fn start(data_dir: &Path) -> Result<ManagedPostgres, PgError> {
+        // Where the cluster keeps its WAL, if not inside it: read when the cluster is created.
+        let wal_dir = std::env::var_os("STRONGROOM_PG_WAL_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Self::start_with_wal(data_dir, wal_dir.as_deref()).await
+    }
+
+    /// [`ManagedPostgres::start`], creating a new cluster with its WAL in `wal_dir` (an empty or
+    /// missing directory; on its own device or filesystem, commits do not wait on the tables'
+    /// writes). An existing cluster keeps its WAL where it was created.
+    pub async fn start_with_wal(
+        data_dir: &Path,
+        wal_dir: Option<&Path>,
+    ) -> Result<ManagedPostgres, PgError> {
         let bindir = find_bindir(std::env::var_os("STRONGROOM_PG_BINDIR").map(PathBuf::from))?;
         let data_dir = std::path::absolute(data_dir)?;
         let root = data_dir.join("postgres");
@@ -74,9 +88,12 @@ impl ManagedPostgres {
         } else {
             None
         };
-        let pg = tokio::task::spawn_blocking(move || prepare(&data_dir, root, bindir, run_as))
-            .await
-            .map_err(|e| PgError::Command("start", e.to_string()))??;
+        let wal_dir = wal_dir.map(std::path::absolute).transpose()?;
+        let pg = tokio::task::spawn_blocking(move || {
+            prepare(&data_dir, root, bindir, run_as, wal_dir.as_deref())
+        })
+        .await
+        .map_err(|e| PgError::Command("start", e.to_string()))??;
         pg.wait_ready().await?;
         pg.create_database().await?;
         Ok(pg)
@@ -287,6 +304,7 @@ fn prepare(
     root: PathBuf,
     bindir: PathBuf,
     run_as: Option<(u32, u32)>,
+    wal_dir: Option<&Path>,
 ) -> Result<ManagedPostgres, PgError> {
     mkdir(data_dir, 0o700, None)?;
     if let Some((uid, gid)) = run_as {
@@ -306,7 +324,16 @@ fn prepare(
         // initdb reads the password from a file the cluster owner can read; removed right after.
         let pwfile = root.join(".initdb-pw");
         write_private(&pwfile, password.expose_secret().as_bytes(), run_as)?;
-        let out = command(&bindir, "initdb", &root, run_as)
+        let mut initdb = command(&bindir, "initdb", &root, run_as);
+        if let Some(wal) = wal_dir {
+            // Its own device or filesystem keeps commits from waiting on the tables' writes.
+            if let (Some((uid, gid)), Some(parent)) = (run_as, wal.parent()) {
+                check_traversable(parent, uid, gid)?;
+            }
+            mkdir(wal, 0o700, run_as)?;
+            initdb.arg(format!("--waldir={}", wal.display()));
+        }
+        let out = initdb
             .arg("-D")
             .arg(&data)
             .args([
@@ -321,6 +348,14 @@ fn prepare(
         let _ = std::fs::remove_file(&pwfile);
         check("initdb", out?)?;
         tracing::info!(path = %data.display(), "created the managed PostgreSQL cluster");
+    }
+    if let Some(wal) = wal_dir
+        && std::fs::read_link(data.join("pg_wal")).ok().as_deref() != Some(wal)
+    {
+        tracing::warn!(
+            wal_dir = %wal.display(),
+            "STRONGROOM_PG_WAL_DIR is only used when the cluster is created; this cluster keeps its WAL where it was created"
+        );
     }
     let password = SecretString::from(std::fs::read_to_string(&password_file)?.trim().to_string());
 
@@ -518,5 +553,36 @@ mod tests {
         pg2.stop().await.unwrap();
         drop(pg);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_its_wal_where_it_is_told_when_it_is_created() {
+        let base = std::env::temp_dir().join(format!("sr-pgw-{}", uuid::Uuid::new_v4().simple()));
+        let (dir, wal) = (base.join("data"), base.join("wal"));
+        let mut pg = ManagedPostgres::start_with_wal(&dir, Some(&wal))
+            .await
+            .unwrap();
+        let (client, conn) = pg.config().connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        drop(client);
+        pg.stop().await.unwrap();
+        let link = std::fs::read_link(dir.join("postgres/data/pg_wal")).unwrap();
+        assert_eq!(link, wal);
+        assert!(std::fs::read_dir(&wal).unwrap().count() > 0);
+        // an existing cluster keeps its WAL where it is, whatever the setting says now
+        let mut pg = ManagedPostgres::start_with_wal(&dir, Some(&base.join("elsewhere")))
+            .await
+            .unwrap();
+        pg.stop().await.unwrap();
+        assert!(!base.join("elsewhere").exists());
+        assert_eq!(
+            std::fs::read_link(dir.join("postgres/data/pg_wal")).unwrap(),
+            wal
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
