@@ -55,10 +55,18 @@ pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bo
     if holds_revealed(haystack, revealed) {
         return true;
     }
-    let text = String::from_utf8_lossy(haystack);
-    let text = text.as_ref();
-    let unescaped = text.contains('\\').then(|| json_unescape(text));
-    let text = unescaped.as_deref().unwrap_or(text);
+    // Every decoded copy may hold a revealed value: each is zeroed when dropped.
+    let lossy = std::str::from_utf8(haystack)
+        .is_err()
+        .then(|| Zeroizing::new(String::from_utf8_lossy(haystack).into_owned()));
+    let text = match &lossy {
+        Some(t) => t.as_str(),
+        None => std::str::from_utf8(haystack).unwrap_or_default(),
+    };
+    let unescaped = text
+        .contains('\\')
+        .then(|| Zeroizing::new(json_unescape(text)));
+    let text = unescaped.as_ref().map_or(text, |u| u.as_str());
     if in_base64(text, revealed) {
         return true;
     }
@@ -75,9 +83,10 @@ pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bo
     if !text.contains(['%', '+']) {
         return false;
     }
-    let spaced = text.replace('+', " ");
-    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
-    holds_revealed(decoded.as_bytes(), revealed)
+    let spaced = Zeroizing::new(text.replace('+', " "));
+    let decoded: Zeroizing<Vec<u8>> =
+        Zeroizing::new(percent_encoding::percent_decode_str(&spaced).collect());
+    holds_revealed(decoded.as_slice(), revealed)
 }
 
 /// Values shorter than this are not looked for in base64: their few characters of base64

@@ -192,14 +192,17 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<Vec<u8>>]) -> b
     {
         return true;
     }
-    let mut bytes = Zeroizing::new(body.to_vec());
-    for (k, v) in headers {
-        bytes.push(b'\n');
-        bytes.extend_from_slice(k.as_str().as_bytes());
-        bytes.push(b':');
-        bytes.extend_from_slice(v.as_bytes());
+    if reveals(body, revealed) {
+        return true;
     }
-    reveals(bytes.as_slice(), revealed)
+    let mut head = Zeroizing::new(Vec::new());
+    for (k, v) in headers {
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.push(b':');
+        head.extend_from_slice(v.as_bytes());
+        head.push(b'\n');
+    }
+    reveals(head.as_slice(), revealed)
 }
 
 /// Every value revealed while serving a call (detokenized, read from a file by a function, or
@@ -772,11 +775,7 @@ impl ConnectionService {
         for (name, value) in &conn.headers {
             headers.insert(name.clone(), value.clone());
         }
-        revealed.extend(
-            conn.secret_values
-                .iter()
-                .map(|v| Zeroizing::new(v.as_bytes().to_vec())),
-        );
+        revealed.extend(conn.secret_values.iter().cloned());
     }
 
     /// `ANY /v1/inbound/{connection}/{path…}`, admitted by [`Self::admit_inbound`].

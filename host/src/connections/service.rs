@@ -29,8 +29,9 @@ pub struct Compiled {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Inbound: the key that signs forwarded bodies.
     pub signing_key: Option<Zeroizing<String>>,
-    /// Every secret value this version sends: none may come back to the caller.
-    pub secret_values: Vec<Zeroizing<String>>,
+    /// Every secret value this version sends, as the leak check takes them: none may come
+    /// back to the caller.
+    pub secret_values: Vec<Zeroizing<Vec<u8>>>,
 }
 
 pub struct CompiledRoute {
@@ -818,7 +819,8 @@ impl ConnectionService {
             .headers
             .values()
             .flat_map(|v| secret_refs(v).unwrap_or_default())
-            .filter_map(|name| secrets.get(name).cloned())
+            .filter_map(|name| secrets.get(name))
+            .map(|v| Zeroizing::new(v.as_bytes().to_vec()))
             .collect();
         Ok(Compiled {
             name: config.name.clone(),
