@@ -126,6 +126,8 @@ pub struct ConnectionService {
     /// Held while a version compiles, so that the calls that all miss at once (the first ones
     /// after a start or a change) compile it once between them, not once each: a compile
     /// opens secrets and loads the system's root certificates, tens of milliseconds of CPU.
+    /// Each call reads its row before it waits here; the insert keeps the generation seen
+    /// before that read, so a change meanwhile still leaves nothing stale cached.
     compiling: tokio::sync::Mutex<()>,
     pub(super) limiter: RateLimiter,
 }
@@ -664,15 +666,12 @@ impl ConnectionService {
 
     /// The active version of `name`, compiled (cached until the connection changes).
     pub(super) async fn active(&self, name: &str) -> Result<Arc<Compiled>, ConnError> {
-        if let Ok(c) = self.compiled.get(name) {
-            return Ok(c);
-        }
-        let _compiling = self.compiling.lock().await;
-        // Another call may have compiled it while this one waited.
         let generation = match self.compiled.get(name) {
             Ok(c) => return Ok(c),
             Err(generation) => generation,
         };
+        // Looked up before the compile lock: a name that does not exist (anyone may send one
+        // to `/v1/inbound`) never holds up the compiles of real connections.
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -686,6 +685,12 @@ impl ConnectionService {
         let version: i32 = row.get(0);
         let config: ConnectionConfig = serde_json::from_value(row.get(1))
             .map_err(|_| ConnError::Internal("a stored connection does not parse".into()))?;
+        drop(client);
+        let _compiling = self.compiling.lock().await;
+        // Another call may have compiled it while this one waited.
+        if let Ok(c) = self.compiled.get(name) {
+            return Ok(c);
+        }
         let compiled = Arc::new(self.compile(version, config).await?);
         self.compiled.insert(name, compiled.clone(), generation);
         Ok(compiled)
