@@ -145,22 +145,22 @@ fn method_label(method: &http::Method) -> &'static str {
 }
 
 /// Counts an answered request. `route` is a route template or [`UNMATCHED`].
-pub fn request(method: &http::Method, route: &str, status: u16, took: Duration) {
+pub fn request(method: &http::Method, route: String, status: u16, took: Duration) {
     let m = &*METRICS;
     let method = method_label(method);
-    m.requests
-        .get_or_create(&RequestLabels {
-            method,
-            route: route.to_string(),
-            status,
-        })
-        .inc();
     m.durations
         .get_or_create(&RouteLabels {
             method,
-            route: route.to_string(),
+            route: route.clone(),
         })
         .observe(took.as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
 }
 
 /// Counts a written audit batch of `events`, or a failed one.
@@ -222,8 +222,18 @@ mod tests {
     #[test]
     fn labels_hold_templates_and_standard_methods_only() {
         let custom = http::Method::from_bytes(b"X4111111111111111").unwrap();
-        request(&custom, "/v1/vaults/{vault}", 404, Duration::from_millis(3));
-        request(&http::Method::GET, UNMATCHED, 404, Duration::from_millis(1));
+        request(
+            &custom,
+            "/v1/vaults/{vault}".into(),
+            404,
+            Duration::from_millis(3),
+        );
+        request(
+            &http::Method::GET,
+            UNMATCHED.into(),
+            404,
+            Duration::from_millis(1),
+        );
         let text = render(deadpool_postgres::Status {
             max_size: 4,
             size: 2,

@@ -200,11 +200,14 @@ async fn request_context(req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
     let started = Instant::now();
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
-    let label = match response.extensions().get::<crate::metrics::MatchedRoute>() {
-        Some(m) => m.0.as_str(),
+    let label = match response
+        .extensions_mut()
+        .remove::<crate::metrics::MatchedRoute>()
+    {
+        Some(m) => m.0,
         None => match route.as_str() {
-            known @ ("/healthz" | "/readyz" | "/metrics" | "/openapi.json") => known,
-            _ => crate::metrics::UNMATCHED,
+            known @ ("/healthz" | "/readyz" | "/metrics" | "/openapi.json") => known.to_string(),
+            _ => crate::metrics::UNMATCHED.to_string(),
         },
     };
     crate::metrics::request(
