@@ -304,6 +304,11 @@ async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     // Every connection holds a receiver: the sender learns when the last one is done.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -333,12 +338,8 @@ async fn serve(
         );
         let service = hyper_util::service::TowerToHyperService::new(service);
         let mut stop = stop_rx.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
             let mut conn = std::pin::pin!(conn);
             let mut stopping = false;
@@ -350,15 +351,14 @@ async fn serve(
                         }
                         break;
                     }
-                    changed = stop.changed(), if !stopping => {
+                    _ = stop.changed(), if !stopping => {
                         // Finish the request in flight, then close.
                         stopping = true;
-                        let _ = changed;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
             }
-            drop(stop);
+            // `stop` drops here: the last receiver gone tells the accept loop all are done.
         });
     }
     drop(listener);
