@@ -109,6 +109,22 @@ async fn send_json(
     .await
 }
 
+/// POSTs a form-encoded body to `path` as `key`.
+async fn send_form(app: &TestApp, key: &str, path: &str, form: &str) -> Answer {
+    send(
+        app,
+        Some(key),
+        Method::POST,
+        path,
+        &[],
+        Some((
+            "application/x-www-form-urlencoded",
+            form.as_bytes().to_vec(),
+        )),
+    )
+    .await
+}
+
 /// Sends a request over a bare TCP socket, so the request target reaches the server exactly
 /// as written (an HTTP client would resolve `..` and `%2e%2e` before sending).
 async fn raw_http(app: &TestApp, method: &str, target: &str) -> (u16, Value) {
@@ -861,15 +877,7 @@ async fn outbound_calls_detokenize_in_flight_and_tokenize_the_reply() {
         "amount=500&card[number]={}&card[cvc]=123",
         token(&p.ada, "card_number")
     );
-    let a = send(
-        &app,
-        Some(&checkout),
-        Method::POST,
-        "/v1/gateway/stripe/v1/tokens",
-        &[],
-        Some(("application/x-www-form-urlencoded", form.into_bytes())),
-    )
-    .await;
+    let a = send_form(&app, &checkout, "/v1/gateway/stripe/v1/tokens", &form).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let got = upstream.last();
     assert_eq!(got.path(), "/base/v1/tokens");
@@ -885,15 +893,7 @@ async fn outbound_calls_detokenize_in_flight_and_tokenize_the_reply() {
 
     // a rotated secret is used from the next call on
     put_secret(&app, "stripe_key", "sk_test_rotated_value_2").await;
-    let a = send(
-        &app,
-        Some(&checkout),
-        Method::POST,
-        "/v1/gateway/stripe/v1/tokens",
-        &[],
-        Some(("application/x-www-form-urlencoded", b"amount=1".to_vec())),
-    )
-    .await;
+    let a = send_form(&app, &checkout, "/v1/gateway/stripe/v1/tokens", "amount=1").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(
         upstream.last().header("authorization"),
@@ -904,15 +904,7 @@ async fn outbound_calls_detokenize_in_flight_and_tokenize_the_reply() {
         "/base/v1/tokens",
         Reply::json(200, json!({"debug": {"key": "sk_test_rotated_value_2"}})),
     );
-    let a = send(
-        &app,
-        Some(&checkout),
-        Method::POST,
-        "/v1/gateway/stripe/v1/tokens",
-        &[],
-        Some(("application/x-www-form-urlencoded", b"amount=1".to_vec())),
-    )
-    .await;
+    let a = send_form(&app, &checkout, "/v1/gateway/stripe/v1/tokens", "amount=1").await;
     a.assert_blocked("sk_test_rotated_value_2");
 
     // audited: the connection, the caller, counts, never a value
@@ -2304,15 +2296,7 @@ async fn encoded_echoes_of_revealed_values_are_blocked() {
         Reply::text(200, "created for ada%40example.test"),
     );
     let form = format!("card[number]={}", token(&p.ada, "email"));
-    let a = send(
-        &app,
-        Some(&checkout),
-        Method::POST,
-        "/v1/gateway/stripe/v1/tokens",
-        &[],
-        Some(("application/x-www-form-urlencoded", form.into_bytes())),
-    )
-    .await;
+    let a = send_form(&app, &checkout, "/v1/gateway/stripe/v1/tokens", &form).await;
     a.assert_blocked(ADA_EMAIL);
     assert!(!a.text().contains("ada%40example.test"), "{}", a.text());
     assert_eq!(

@@ -74,24 +74,9 @@ async fn every_body_kind_fails_in_the_error_shape() {
         WRONG_TYPE,
     )
     .await;
-    let huge = reqwest::multipart::Part::bytes(vec![0u8; 18 << 20])
-        .mime_str("application/wasm")
-        .expect("mime");
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "manifest",
-            reqwest::multipart::Part::text(json!({"name": "big"}).to_string()),
-        )
-        .part("component", huge);
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/functions", app.base))
-        .bearer_auth(ADMIN_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let (status, body) = app
+        .upload_function(json!({"name": "big"}), vec![0u8; 18 << 20], None)
+        .await;
     assert_error(status, &body, TOO_LARGE.0, TOO_LARGE.1);
     let (_, functions) = app.get("/v1/functions").await;
     assert_eq!(functions["functions"], json!([]), "{functions}");
@@ -101,7 +86,8 @@ async fn every_body_kind_fails_in_the_error_shape() {
 async fn the_bearer_scheme_is_case_insensitive() {
     let app = TestApp::spawn().await;
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
-        let resp = reqwest::Client::new()
+        let resp = app
+            .client
             .get(format!("{}/v1/vaults", app.base))
             .header("authorization", format!("{scheme} {ADMIN_KEY}"))
             .send()
@@ -109,7 +95,8 @@ async fn the_bearer_scheme_is_case_insensitive() {
             .expect("request");
         assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
     }
-    let resp = reqwest::Client::new()
+    let resp = app
+        .client
         .get(format!("{}/v1/vaults", app.base))
         .header("authorization", format!("Basic {ADMIN_KEY}"))
         .send()
@@ -130,14 +117,8 @@ async fn metrics_count_requests_by_route_template_without_a_key() {
     app.payments_vault().await;
     let card = "4111111111111111";
     let get = |path: &str| {
-        let url = format!("{}{path}", app.base);
-        async move {
-            reqwest::Client::new()
-                .get(url)
-                .send()
-                .await
-                .expect("request")
-        }
+        let req = app.client.get(format!("{}{path}", app.base));
+        async move { req.send().await.expect("request") }
     };
     // A value in a path (callers must not, but one might): it stays out of every label.
     for _ in 0..3 {
@@ -195,7 +176,8 @@ async fn metrics_count_requests_by_route_template_without_a_key() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let app = TestApp::spawn().await;
-    let resp = reqwest::Client::new()
+    let resp = app
+        .client
         .get(format!("{}/openapi.json", app.base))
         .send()
         .await
@@ -218,7 +200,7 @@ async fn the_openapi_document_covers_every_route() {
             .collect::<Vec<_>>()
             .join("/")
     };
-    let client = reqwest::Client::new();
+    let client = &app.client;
     let mut documented = std::collections::BTreeSet::new();
     for (template, item) in paths {
         for method in ["get", "post", "put", "patch", "delete"] {
