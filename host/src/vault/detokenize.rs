@@ -162,7 +162,7 @@ impl VaultService {
             .collect();
         let mut decided = self.fetch_large(&v, decided, &slots).await?;
         // Each distinct value once, opened and rendered; then the answer in request order.
-        let rendered: Vec<Rendered<'_>> = decided
+        let mut rendered: Vec<Rendered<'_>> = decided
             .iter_mut()
             .map(|d| match d {
                 Err(code) => Ok(Err(*code)),
@@ -183,16 +183,28 @@ impl VaultService {
                 }
             })
             .collect::<Result<_, VaultError>>()?;
+        // A value asked for more than once is copied for all but its last place, which takes
+        // it: a file is not held twice.
+        let mut uses = vec![0usize; rendered.len()];
+        for &slot in &slots {
+            uses[slot] += 1;
+        }
         let mut out = Vec::with_capacity(tokens.len());
         for (token, slot) in tokens.into_iter().zip(slots) {
-            out.push(match &rendered[slot] {
+            uses[slot] -= 1;
+            let last = uses[slot] == 0;
+            out.push(match &mut rendered[slot] {
                 Err(code) => DetokenizeResult::Failed {
                     token,
                     error: ItemError { code },
                 },
                 Ok((value, table, column, level)) => DetokenizeResult::Found {
                     token,
-                    value: value.clone(),
+                    value: if last {
+                        std::mem::take(value)
+                    } else {
+                        value.clone()
+                    },
                     table: table.name.clone(),
                     column: column.name.clone(),
                     redaction: *level,
