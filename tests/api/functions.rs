@@ -810,6 +810,34 @@ async fn encoded_values_do_not_return_to_the_caller() {
     }
 }
 
+/// Nothing of one invocation is in the memory of the next: a guest that plants a value in its
+/// heap and in a page it grows finds its own copies, and the invocations after it find none.
+#[tokio::test]
+async fn an_invocation_finds_nothing_an_earlier_one_left_in_memory() {
+    let app = TestApp::spawn().await;
+    let (status, up) = app
+        .upload_function(
+            manifest("residue", json!([]), json!({})),
+            guest("hostile_residue"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let found = |out: Value| -> u64 {
+        let body: Value = serde_json::from_str(out["message"]["body"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {out}"));
+        body["found"].as_u64().unwrap()
+    };
+    let secret = format!("residue-{}", uuid::Uuid::new_v4().simple());
+    let planted = found(invoke(&app, "residue", json!({"plant": secret})).await);
+    assert!(planted >= 65, "the scan saw {planted} of its own 65 copies");
+    let reversed: String = secret.chars().rev().collect();
+    for _ in 0..3 {
+        let left = found(invoke(&app, "residue", json!({"seek": reversed})).await);
+        assert_eq!(left, 0, "an invocation found an earlier one's value");
+    }
+}
+
 /// `vault.tokenize` stores only into a column the manifest grants, whatever Cedar allows.
 #[tokio::test]
 async fn tokenize_needs_a_granted_column() {
