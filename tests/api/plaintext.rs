@@ -147,3 +147,30 @@ async fn no_plaintext_in_database_dump_or_logs() {
         assert!(!logs.contains(&v), "`{value}` found in the server log");
     }
 }
+
+/// A value a caller put in a path (API.md forbids it, but one might; a gateway or inbound path
+/// is the caller's or a third party's) is not logged: the request log names route templates.
+#[tokio::test]
+async fn a_value_in_a_path_is_not_logged() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    // Unique to this test, so no other test's server can have logged it.
+    let value = format!("4{:015}", uuid::Uuid::new_v4().as_u128() % 10u128.pow(15));
+    for path in [
+        format!("/v1/vaults/payments/tables/customers/records/{value}"),
+        format!("/v1/vaults/v{value}"),
+        format!("/v1/gateway/nope/v1/cards/{value}"),
+        format!("/v1/inbound/nope/hooks/{value}"),
+        format!("/nowhere/{value}"),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+    }
+    let logs = strongroom_tests::logs();
+    assert!(!logs.contains(&value), "a path's value reached the log");
+    assert!(
+        logs.contains(r#"route="/v1/vaults/{vault}/tables/{table}/records/{id}""#)
+            || logs.contains("route=/v1/vaults/{vault}/tables/{table}/records/{id}"),
+        "the request log names the route template"
+    );
+}

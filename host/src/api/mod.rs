@@ -186,8 +186,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Request ids (echoed when sane, else generated) and one log line per request: method, path,
-/// status and latency. Never bodies, query strings or headers.
+/// Request ids (echoed when sane, else generated) and one log line per request: method, route
+/// template, status and latency. Never the path as sent, bodies, query strings or headers.
 async fn request_context(req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -196,36 +196,33 @@ async fn request_context(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let method = req.method().clone();
-    // The path names vaults, tables and record ids, never values (values travel in bodies).
-    let route = req.uri().path().to_string();
+    // The path as sent is the caller's: a gateway or inbound path goes on to a third party and
+    // may hold anything, and any path may hold a value by mistake. Only its route template
+    // (the metrics label) is logged; the audit log names the vault, table and records.
+    let unaudited = ["/healthz", "/readyz", "/metrics", "/openapi.json"]
+        .into_iter()
+        .find(|known| *known == req.uri().path());
     let started = Instant::now();
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
-    let label = match response
+    let route = match response
         .extensions_mut()
         .remove::<crate::metrics::MatchedRoute>()
     {
         Some(m) => m.0,
-        None => match route.as_str() {
-            known @ ("/healthz" | "/readyz" | "/metrics" | "/openapi.json") => known.to_string(),
-            _ => crate::metrics::UNMATCHED.to_string(),
-        },
+        None => unaudited.unwrap_or(crate::metrics::UNMATCHED).to_string(),
     };
-    crate::metrics::request(
-        &method,
-        label,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let (status, took) = (response.status().as_u16(), started.elapsed());
     tracing::info!(
         request_id = %id,
         method = %method,
-        path = %route,
-        status = response.status().as_u16(),
+        route = %route,
+        status,
         // Rounded to the microsecond: a raw f64 prints up to 17 digits (12.219099999999999),
         // noise that can even spell out a 9-digit value the vault holds.
-        ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        ms = (took.as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
+    crate::metrics::request(&method, route, status, took);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
