@@ -1,6 +1,10 @@
 //! End-to-end tests: real HTTP to a real server on a real PostgreSQL.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // helpers outside #[test] fns
 
+/// The servers under test run in this process, on the allocator `strongroom serve` uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bad_input;
 mod connections;
 mod connections_tls;
