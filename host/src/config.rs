@@ -50,6 +50,10 @@ pub struct Settings {
     /// Hosts connections may reach over plain http (`STRONGROOM_EGRESS_ALLOW_HTTP_HOSTS`,
     /// comma-separated; default none: https only).
     pub egress_allow_http_hosts: String,
+    /// Proxies in front of the server, as networks (`STRONGROOM_TRUSTED_PROXIES`, e.g.
+    /// `10.0.0.0/8`; default none). A request from one of them is the client's named in
+    /// `X-Forwarded-For`: the nearest address there that is not itself a trusted proxy.
+    pub trusted_proxies: String,
 }
 
 /// A setting that could not be used. Never includes a secret's value.
@@ -88,6 +92,7 @@ const KEYS: &[&str] = &[
     "allow_plaintext_cards",
     "egress_allow_networks",
     "egress_allow_http_hosts",
+    "trusted_proxies",
 ];
 
 impl Settings {
@@ -182,6 +187,7 @@ impl Settings {
             },
             egress_allow_networks: get("egress_allow_networks")?.unwrap_or_default(),
             egress_allow_http_hosts: get("egress_allow_http_hosts")?.unwrap_or_default(),
+            trusted_proxies: get("trusted_proxies")?.unwrap_or_default(),
         })
     }
 }

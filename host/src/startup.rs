@@ -3,7 +3,7 @@
 use crate::api;
 use crate::config::Settings;
 use crate::connections::egress::EgressPolicy;
-use crate::connections::{ConnectionService, Deps};
+use crate::connections::{ConnectionService, Deps, TrustedProxies};
 use crate::crypto::MasterKeyRing;
 use crate::functions::FunctionService;
 use crate::governance::Governance;
@@ -128,6 +128,14 @@ impl Application {
                 "connections may reach these otherwise refused networks and plain-http hosts"
             );
         }
+        let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
+            .context("STRONGROOM_TRUSTED_PROXIES does not parse")?;
+        if !trusted_proxies.is_empty() {
+            tracing::warn!(
+                proxies = %settings.trusted_proxies,
+                "requests from these proxies are taken to come from the client their X-Forwarded-For names"
+            );
+        }
         let secrets_key = crate::governance::server_key(&pool_for_connections, &ring, "secrets")
             .await
             .context("could not load the secrets key")?;
@@ -139,6 +147,7 @@ impl Application {
                 functions: functions.clone(),
             },
             egress,
+            trusted_proxies,
             secrets_key,
         ));
         let router = api::router(

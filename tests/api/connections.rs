@@ -1651,6 +1651,76 @@ async fn file_extract_ships_a_vault_document_to_an_e_signature_route() {
 const NEO_EMAIL: &str = "neo@example.test";
 const NEO_CARD: &str = "4000056655665556";
 
+/// Behind a proxy the operator trusts, a public route counts each client its
+/// `X-Forwarded-For` names, and forwards that address; what a client writes further left is not
+/// believed. Without the setting the header is the client's own claim and changes nothing.
+#[tokio::test]
+async fn a_public_route_counts_each_client_behind_a_trusted_proxy() {
+    let upstream = Upstream::start().await;
+    upstream.reply_on("/app/status", Reply::json(200, json!({"up": true})));
+    async fn status(app: &TestApp, xff: &str) -> StatusCode {
+        let headers = [("x-forwarded-for", xff)];
+        send(
+            app,
+            None,
+            Method::GET,
+            "/v1/inbound/hooks/status",
+            &headers,
+            None,
+        )
+        .await
+        .status
+    }
+    let public = json!({"name": "hooks", "kind": "inbound",
+        "upstream": format!("{}/app", upstream.base()),
+        "rate_limit": {"per_minute": 2},
+        "routes": [{"name": "status", "method": "GET", "path": "/status", "public": true}]});
+
+    let app = TestApp::spawn_with(|s| {
+        s.egress_allow_networks = "127.0.0.1/32".into();
+        s.egress_allow_http_hosts = "127.0.0.1".into();
+        s.trusted_proxies = "127.0.0.0/8".into();
+    })
+    .await;
+    set_policies(&app, &connection_policies("hooks")).await;
+    create_connection(&app, public.clone()).await;
+    for _ in 0..2 {
+        assert_eq!(status(&app, "198.51.100.7").await, StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.last().header("x-forwarded-for"),
+        Some("198.51.100.7")
+    );
+    assert_eq!(
+        status(&app, "198.51.100.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client has its own count, and cannot borrow one by naming another address.
+    assert_eq!(status(&app, "203.0.113.9").await, StatusCode::OK);
+    assert_eq!(status(&app, "10.9.9.9, 203.0.113.9").await, StatusCode::OK);
+    assert_eq!(
+        status(&app, "192.0.2.1, 203.0.113.9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        upstream.last().header("x-forwarded-for"),
+        Some("203.0.113.9")
+    );
+
+    // Without trusted proxies, every call here comes from 127.0.0.1.
+    let app = spawn_app().await;
+    set_policies(&app, &connection_policies("hooks")).await;
+    create_connection(&app, public).await;
+    for _ in 0..2 {
+        assert_eq!(status(&app, "198.51.100.7").await, StatusCode::OK);
+    }
+    assert_eq!(upstream.last().header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        status(&app, "203.0.113.9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
 #[tokio::test]
 async fn inbound_requests_are_tokenized_signed_and_forwarded() {
     let upstream = Upstream::start().await;

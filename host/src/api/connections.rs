@@ -301,10 +301,11 @@ async fn inbound(
 ) -> Result<Response, ApiError> {
     let connection = connection_param(params);
     note_connection(&connection);
-    let client = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let client = s.connections.client(peer, req.headers());
     let path = raw_path("/v1/inbound/", &connection, &uri)?;
     let (parts, body) = req.into_parts();
     let admitted = s

@@ -74,10 +74,7 @@ impl EgressPolicy {
                 entry: entry.clone(),
             });
         }
-        let allow_networks = items(allow_networks)
-            .iter()
-            .map(|item| item.parse())
-            .collect::<Result<_, _>>()?;
+        let allow_networks = parse_networks(allow_networks, ALLOW_NETWORKS)?;
         Ok(EgressPolicy {
             allow_http_hosts,
             allow_networks,
@@ -133,6 +130,25 @@ fn normalise_host(host: &str) -> Option<String> {
     plausible.then_some(name)
 }
 
+/// The networks of a setting's comma-separated list, such as `127.0.0.1/32, 10.0.0.0/8, ::1`.
+/// Empty items are ignored; an error names `setting`.
+pub fn parse_networks(list: &str, setting: &'static str) -> Result<Vec<Network>, EgressError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse().map_err(|e| match e {
+                EgressError::InvalidNetwork { entry, reason, .. } => EgressError::InvalidNetwork {
+                    entry,
+                    reason,
+                    setting,
+                },
+                other => other,
+            })
+        })
+        .collect()
+}
+
 /// An IP network: an address and a prefix length, such as `10.0.0.0/8` or `::1/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Network {
@@ -182,6 +198,7 @@ impl FromStr for Network {
         let invalid = |reason| EgressError::InvalidNetwork {
             entry: entry.to_owned(),
             reason,
+            setting: ALLOW_NETWORKS,
         };
         let (addr, prefix) = entry.split_once('/').unwrap_or((entry, ""));
         let addr: IpAddr = addr.parse().map_err(|_| invalid("not an IP address"))?;
@@ -418,9 +435,13 @@ pub fn check_addr(ip: IpAddr, policy: &EgressPolicy) -> Result<(), EgressError> 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EgressError {
     #[error(
-        "invalid network `{entry}` in {ALLOW_NETWORKS}: {reason} (write networks as 10.0.0.0/8 or ::1/128)"
+        "invalid network `{entry}` in {setting}: {reason} (write networks as 10.0.0.0/8 or ::1/128)"
     )]
-    InvalidNetwork { entry: String, reason: &'static str },
+    InvalidNetwork {
+        entry: String,
+        reason: &'static str,
+        setting: &'static str,
+    },
     #[error("`{entry}` in {ALLOW_HTTP_HOSTS} is not a host name or IP address")]
     InvalidHttpHost { entry: String },
     #[error("the upstream URL is not an absolute URL")]

@@ -821,8 +821,8 @@ impl ConnectionService {
             HeaderValue::from_str(&conn.name)
                 .map_err(|_| ConnError::Internal("connection name".into()))?,
         );
-        // The peer the gateway saw (a load balancer's address behind one), never the client's
-        // own claim.
+        // The peer the gateway saw, or behind a trusted proxy the client it names; never the
+        // client's own claim.
         headers.insert(
             HeaderName::from_static("x-forwarded-for"),
             HeaderValue::from_str(&client.to_string())

@@ -21,7 +21,7 @@ pub mod gateway;
 pub mod locations;
 pub mod service;
 
-pub use service::ConnectionService;
+pub use service::{ConnectionService, TrustedProxies};
 
 use crate::functions::FunctionService;
 use crate::governance::Governance;

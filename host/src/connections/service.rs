@@ -4,7 +4,7 @@
 use super::config::{
     ConnectionConfig, Kind, Segment, TemplatePart, parse_template, secret_refs, template_parts,
 };
-use super::egress::{self, EgressPolicy};
+use super::egress::{self, EgressError, EgressPolicy, Network, parse_networks};
 use super::locations::Selector;
 use super::{ConnError, Deps};
 use crate::cache::VersionCache;
@@ -12,8 +12,10 @@ use crate::crypto::{Key, constant_time_eq, open, seal};
 use crate::vault::{Detail, Redaction, VaultError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use http::HeaderMap;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -114,6 +116,66 @@ fn client_of(addr: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
+/// The proxies in front of the server (`STRONGROOM_TRUSTED_PROXIES`), and how the client of a
+/// request is found behind them.
+#[derive(Debug, Default)]
+pub struct TrustedProxies(Vec<Network>);
+
+impl TrustedProxies {
+    pub fn parse(list: &str) -> Result<Self, EgressError> {
+        parse_networks(list, "STRONGROOM_TRUSTED_PROXIES").map(TrustedProxies)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(ip))
+    }
+
+    /// The client of a request that came from `peer`: `peer` itself, unless it is a trusted
+    /// proxy. Then the nearest address of `X-Forwarded-For` (read from the right, across every
+    /// such header) that is not a trusted proxy. An entry that is not an address ends the walk
+    /// and the last address read stands, so nothing a client writes further left is believed.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.to_canonical();
+        if !self.trusts(client) {
+            return client;
+        }
+        let values: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        for value in values.into_iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return client;
+            };
+            for item in text.rsplit(',') {
+                let Some(ip) = forwarded_address(item.trim()) else {
+                    return client;
+                };
+                client = ip.to_canonical();
+                if !self.trusts(client) {
+                    return client;
+                }
+            }
+        }
+        client
+    }
+}
+
+/// An `X-Forwarded-For` entry: an address, an IPv6 address in brackets, either with a port.
+fn forwarded_address(item: &str) -> Option<IpAddr> {
+    item.parse::<IpAddr>()
+        .ok()
+        .or_else(|| item.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            item.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })
+}
+
 /// Connections: configuration, secrets, keys and the compiled versions the gateway uses.
 pub struct ConnectionService {
     pub(super) pool: Pool,
@@ -130,6 +192,7 @@ pub struct ConnectionService {
     /// before that read, so a change meanwhile still leaves nothing stale cached.
     compiling: tokio::sync::Mutex<()>,
     pub(super) limiter: RateLimiter,
+    trusted_proxies: TrustedProxies,
 }
 
 fn invalid(details: Vec<Detail>) -> ConnError {
@@ -144,8 +207,15 @@ fn not_found(what: String) -> ConnError {
 }
 
 impl ConnectionService {
-    pub fn new(pool: Pool, deps: Deps, egress: EgressPolicy, secrets_key: Key) -> Self {
+    pub fn new(
+        pool: Pool,
+        deps: Deps,
+        egress: EgressPolicy,
+        trusted_proxies: TrustedProxies,
+        secrets_key: Key,
+    ) -> Self {
         ConnectionService {
+            trusted_proxies,
             pool,
             deps,
             egress: Arc::new(egress),
@@ -154,6 +224,11 @@ impl ConnectionService {
             compiling: tokio::sync::Mutex::new(()),
             limiter: RateLimiter::default(),
         }
+    }
+
+    /// The client of a request that came from `peer` (see [`TrustedProxies::client`]).
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.trusted_proxies.client(peer, headers)
     }
 
     // ---- secrets -------------------------------------------------------------------------
@@ -980,6 +1055,76 @@ mod tests {
         // a new minute starts over
         assert!(limiter.allow_at(6, "signup", ip("192.0.2.1"), 3));
         assert!(limiter.allow_at(6, "signup", ip("2001:db8::1"), 60));
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(
+                "x-forwarded-for",
+                http::HeaderValue::from_str(v).unwrap_or_else(|_| unreachable!("a value")),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_nearest_untrusted_address() {
+        let none = TrustedProxies::default();
+        let lb = TrustedProxies::parse("10.0.0.0/8, ::1").unwrap_or_default();
+        let cases: &[(&TrustedProxies, &str, &[&str], &str)] = &[
+            // Untrusted peers are the client, whatever they claim.
+            (&none, "10.1.1.1", &["198.51.100.7"], "10.1.1.1"),
+            (&lb, "192.0.2.1", &["198.51.100.7"], "192.0.2.1"),
+            // Through a proxy: the rightmost address, then past further proxies.
+            (&lb, "10.1.1.1", &["198.51.100.7"], "198.51.100.7"),
+            (
+                &lb,
+                "10.1.1.1",
+                &["203.0.113.5, 198.51.100.7"],
+                "198.51.100.7",
+            ),
+            (
+                &lb,
+                "10.1.1.1",
+                &["203.0.113.5, 198.51.100.7, 10.2.2.2"],
+                "198.51.100.7",
+            ),
+            (
+                &lb,
+                "10.1.1.1",
+                &["203.0.113.5", "198.51.100.7, 10.2.2.2"],
+                "198.51.100.7",
+            ),
+            // Ports, brackets, IPv6 and IPv4-mapped peers.
+            (&lb, "10.1.1.1", &["198.51.100.7:4711"], "198.51.100.7"),
+            (&lb, "::1", &["[2001:db8::7]:443"], "2001:db8::7"),
+            (&lb, "::1", &["[2001:db8::7]"], "2001:db8::7"),
+            (&lb, "::ffff:10.1.1.1", &["198.51.100.7"], "198.51.100.7"),
+            // No header, or only proxies in it: the last address read.
+            (&lb, "10.1.1.1", &[], "10.1.1.1"),
+            (&lb, "10.1.1.1", &["10.2.2.2, 10.3.3.3"], "10.2.2.2"),
+            // A malformed entry ends the walk: nothing left of it is believed.
+            (
+                &lb,
+                "10.1.1.1",
+                &["198.51.100.7, unknown, 10.2.2.2"],
+                "10.2.2.2",
+            ),
+            (&lb, "10.1.1.1", &[""], "10.1.1.1"),
+        ];
+        for (proxies, peer, values, want) in cases {
+            assert_eq!(
+                proxies.client(ip(peer), &forwarded(values)),
+                ip(want),
+                "{peer} {values:?}"
+            );
+        }
+        let message = TrustedProxies::parse("10.0.0.1/8")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("STRONGROOM_TRUSTED_PROXIES"), "{message}");
     }
 
     #[test]
