@@ -229,6 +229,12 @@ async fn unknown_endpoints_need_a_key_and_are_audited() {
     };
     assert!(seen(401, "GET") && seen(401, "PUT"), "{page}");
     assert!(seen(404, "GET") && seen(405, "PUT"), "{page}");
+    // One event per request: a 405 is not authenticated and audited twice.
+    let mut ids: Vec<_> = events.iter().map(|e| e["request_id"].to_string()).collect();
+    ids.sort();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "a request was audited twice: {page}");
     let unknown = events
         .iter()
         .find(|e| e["status"] == 404)

@@ -149,9 +149,10 @@ async fn no_plaintext_in_database_dump_or_logs() {
 }
 
 /// A value a caller put in a path (API.md forbids it, but one might; a gateway or inbound path
-/// is the caller's or a third party's) is not logged: the request log names route templates.
+/// is the caller's or a third party's) or in a made-up method is neither logged nor audited:
+/// the request log names route templates, and both name standard methods only.
 #[tokio::test]
-async fn a_value_in_a_path_is_not_logged() {
+async fn a_value_in_a_path_or_a_method_is_neither_logged_nor_audited() {
     let app = TestApp::spawn().await;
     app.payments_vault().await;
     // Unique to this test, so no other test's server can have logged it.
@@ -166,8 +167,31 @@ async fn a_value_in_a_path_is_not_logged() {
         let (status, body) = app.get(&path).await;
         assert!(status.is_client_error(), "{path}: {status} {body}");
     }
+    // A vault's name is audited as it was asked for (`v…` above is a valid name): the method
+    // carries its own value.
+    let other = format!("4{:015}", uuid::Uuid::new_v4().as_u128() % 10u128.pow(15));
+    let method = reqwest::Method::from_bytes(format!("X{other}").as_bytes()).unwrap();
+    for path in [
+        "/v1/vaults/payments",
+        "/v1/gateway/nope/v1/cards",
+        "/nowhere",
+    ] {
+        let (status, body) = app.call(method.clone(), path, None).await;
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+    }
     let logs = strongroom_tests::logs();
     assert!(!logs.contains(&value), "a path's value reached the log");
+    assert!(!logs.contains(&other), "a method's value reached the log");
+    let (status, audit) = app.get("/v1/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    assert!(
+        audit["events"].as_array().is_some_and(|e| e.len() >= 8),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains(&other),
+        "a method's value reached the audit log: {audit}"
+    );
     assert!(
         logs.contains(r#"route="/v1/vaults/{vault}/tables/{table}/records/{id}""#)
             || logs.contains("route=/v1/vaults/{vault}/tables/{table}/records/{id}"),

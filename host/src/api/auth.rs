@@ -316,7 +316,7 @@ pub async fn audited(
     req: Request,
     next: Next,
 ) -> Response {
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method()).to_string();
     let matched_any = matched.is_some();
     let route = matched.map_or_else(|| "unknown".to_string(), |m| m.as_str().to_string());
     let event = Arc::new(Mutex::new(Event {

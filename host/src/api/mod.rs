@@ -102,9 +102,10 @@ pub fn router(
         .merge(functions::routes())
         .merge(connections::routes())
         // Unknown `/v1` paths and methods are authenticated and audited like the rest: a
-        // caller without a key gets 401, not a map of what exists (`route_layer` does not
-        // wrap fallbacks, so they carry the two layers themselves).
-        .method_not_allowed_fallback(method_not_allowed.layer(guarded.clone()))
+        // caller without a key gets 401, not a map of what exists. `route_layer` does not wrap
+        // the router's fallback, so it carries the two layers itself; it does wrap each
+        // route's own 405 fallback, which therefore carries none (or it would be audited twice).
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found.layer(guarded))
         .route_layer(middleware::from_fn(auth::path_names))
         .route_layer(middleware::from_fn_with_state(
@@ -214,7 +215,7 @@ async fn request_context(req: Request, next: Next) -> Response {
     let (status, took) = (response.status().as_u16(), started.elapsed());
     tracing::info!(
         request_id = %id,
-        method = %method,
+        method = crate::metrics::method_label(&method),
         route = %route,
         status,
         // Rounded to the microsecond: a raw f64 prints up to 17 digits (12.219099999999999),
