@@ -161,6 +161,16 @@ fn to_wit(
     }
 }
 
+/// The URL a route's function is shown: the request function the one about to be forwarded
+/// (its values revealed, as the route grants), the response function the one the caller sent,
+/// tokens and all (a function never gets plaintext in on-response).
+fn shown_url<'a>(hook: Hook, caller: &'a url::Url, forwarded: &'a url::Url) -> &'a url::Url {
+    match hook {
+        Hook::Request => forwarded,
+        Hook::Response => caller,
+    }
+}
+
 fn from_wit_headers(headers: &[(String, String)]) -> Result<HeaderMap, ConnError> {
     let mut out = HeaderMap::new();
     for (k, v) in headers {
@@ -650,6 +660,10 @@ impl ConnectionService {
 
         // 2. Where it goes (the caller's path may not leave the base URL).
         let mut url = target(&conn, &path, query)?;
+        let caller_url = match config.response.function {
+            Some(_) => Some(target(&conn, &path, req.raw_query.unwrap_or_default())?),
+            None => None,
+        };
         let mut method = req.method;
 
         // 3. The request function.
@@ -674,10 +688,11 @@ impl ConnectionService {
             .await?;
 
         // 6. The response function, then values to tokens.
-        if let Some(f) = &config.response.function {
+        if let (Some(f), Some(caller_url)) = (&config.response.function, &caller_url) {
+            let shown = shown_url(Hook::Response, caller_url, &url);
             let msg = to_wit(
                 &method,
-                url.as_str(),
+                shown.as_str(),
                 Some(resp.status),
                 &resp.headers,
                 std::mem::take(&mut resp.body),
@@ -1039,6 +1054,15 @@ mod tests {
                 "forwarded"
             ]
         );
+    }
+
+    #[test]
+    fn the_response_function_sees_the_url_the_caller_sent() {
+        let caller = url::Url::parse("https://api.example/v1/pay?card=tok_abc").unwrap();
+        let forwarded =
+            url::Url::parse("https://api.example/v1/pay?card=4111111111111111").unwrap();
+        assert_eq!(shown_url(Hook::Response, &caller, &forwarded), &caller);
+        assert_eq!(shown_url(Hook::Request, &caller, &forwarded), &forwarded);
     }
 
     #[test]
