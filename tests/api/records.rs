@@ -536,6 +536,79 @@ async fn detokenize_keeps_order_and_reports_unknown_tokens() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
+/// The answer-size cap of detokenize holds for values small enough to be read with their tokens
+/// (under 64 KiB), and counts what JSON escaping adds to them.
+#[tokio::test]
+async fn detokenize_refuses_answers_past_its_size_limit_made_of_small_values() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "notes", "tables": [{"name": "n", "columns": [{"name": "text", "type": "string"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let insert = |text: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .post(
+                    "/v1/vaults/notes/tables/n/records",
+                    json!({"records": [{"fields": {"text": text}}]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["records"][0]["tokens"]["text"].clone()
+        }
+    };
+    let detokenize = |token: &Value, copies: usize| {
+        let body = json!({"tokens": vec![token.clone(); copies], "redaction": "plain"});
+        let app = &app;
+        async move { app.post("/v1/vaults/notes/detokenize", body).await }
+    };
+    // 65,000 bytes each: read with their tokens, not as large values.
+    let letters = "a".repeat(65_000);
+    let controls = "\u{1}".repeat(65_000);
+    let letters_token = insert(letters.clone()).await;
+    let controls_token = insert(controls.clone()).await;
+
+    // A hundred copies of the letters come to 6.5 MB; a thousand to 65 MB, past 48 MiB.
+    let (status, body) = detokenize(&letters_token, 100).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["results"][99]["value"].as_str(),
+        Some(letters.as_str())
+    );
+    let (status, body) = detokenize(&letters_token, 1000).await;
+    // (The status first: a wrong answer would be 65 MB to print.)
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+
+    // A control character is six bytes of JSON (`\u0001`): fifty copies come to 19.5 MB of
+    // answer; two hundred, 13 MB stored, to 78 MB of answer.
+    let (status, body) = detokenize(&controls_token, 50).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["results"][49]["value"].as_str(),
+        Some(controls.as_str())
+    );
+    let (status, body) = detokenize(&controls_token, 200).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // Neither message holds the value.
+    assert!(!body.to_string().contains("aaaa") && !body.to_string().contains("\\u0001"));
+}
+
 #[tokio::test]
 async fn lookup_reports_only_records_whose_matched_column_the_caller_may_read() {
     let app = TestApp::spawn().await;

@@ -33,15 +33,43 @@ pub struct ItemError {
     pub code: &'static str,
 }
 
-/// Most bytes of stored values one detokenize answer may carry, counting a plain value each
-/// time it is asked for (about two 16 MiB files). Beyond it the request is refused (413) before any
-/// large value is read; files are downloaded one at a time from `…/records/{id}/files/{column}`.
+/// Most bytes of values one detokenize answer may carry, as JSON (escaping included), counting a
+/// value each time it is asked for (about two 16 MiB files). Beyond it the request is refused
+/// (413): before any large value is read when the stored sizes already exceed it, else once the
+/// values are open and before the answer is built; files are downloaded one at a time from
+/// `…/records/{id}/files/{column}`.
 pub const MAX_ANSWER_BYTES: usize = 48 << 20;
 
 /// A distinct token: where it lives and the level its caller may see, or its item error.
 type Decided<'v> = Result<(Hit, &'v Table, &'v Column, Redaction), &'static str>;
 /// A distinct token's value as the answer shows it, or its item error.
 type Rendered<'v> = Result<(Value, &'v Table, &'v Column, Redaction), &'static str>;
+
+/// The answer to a detokenize past [`MAX_ANSWER_BYTES`] (413).
+fn too_large() -> VaultError {
+    VaultError::TooLarge(format!(
+        "the values asked for exceed {} MiB in one answer; detokenize fewer tokens, or download files from `…/records/{{id}}/files/{{column}}`",
+        MAX_ANSWER_BYTES >> 20
+    ))
+}
+
+/// Bytes of a value written as JSON, counted without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
 
 impl VaultService {
     /// Reads the values the lookup left out for their size ([`super::probe::INLINE_BYTES`]),
@@ -58,11 +86,11 @@ impl VaultService {
             .filter(|(hit, ..)| hit.sealed.is_none())
             .map(|(hit, ..)| (hit.record, hit.column))
             .collect();
-        if large.is_empty() {
-            return Ok(decided);
-        }
         // A plain value is copied into the answer at each position that asks for it; a masked
-        // or redacted one is short whatever its size, but is still read (and held) once.
+        // or redacted one is short whatever its size, but is still read (and held) once when it
+        // is large. The stored sizes are a floor of the answer's size (escaping adds to it,
+        // counted once the values are open, in `answer_bytes`): checked whether or not any value
+        // is large, so that many copies of small values are refused before any is opened.
         let plain_copies = slots
             .iter()
             .filter_map(|s| decided[*s].as_ref().ok())
@@ -71,14 +99,14 @@ impl VaultService {
         let read_once = decided
             .iter()
             .filter_map(|d| d.as_ref().ok())
-            .filter(|(.., level)| *level != Redaction::Plain)
+            .filter(|(.., level)| !large.is_empty() && *level != Redaction::Plain)
             .map(|(hit, ..)| hit.size);
-        let answer_bytes = plain_copies.chain(read_once).fold(0, usize::saturating_add);
-        if answer_bytes > MAX_ANSWER_BYTES {
-            return Err(VaultError::TooLarge(format!(
-                "the values asked for exceed {} MiB in one answer; detokenize fewer tokens, or download files from `…/records/{{id}}/files/{{column}}`",
-                MAX_ANSWER_BYTES >> 20
-            )));
+        let floor = plain_copies.chain(read_once).fold(0, usize::saturating_add);
+        if floor > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        if large.is_empty() {
+            return Ok(decided);
         }
         let mut values = super::probe::sealed_values(&self.pool, v.id, &large).await?;
         for (hit, ..) in decided.iter_mut().filter_map(|d| d.as_mut().ok()) {
@@ -188,6 +216,17 @@ impl VaultService {
         let mut uses = vec![0usize; rendered.len()];
         for &slot in &slots {
             uses[slot] += 1;
+        }
+        // The answer as it will be written, escaping included (a control character is six bytes
+        // of JSON): measured on each distinct value once, before any copy is made.
+        let answer = rendered
+            .iter()
+            .zip(&uses)
+            .filter_map(|(r, n)| r.as_ref().ok().map(|(value, ..)| (value, *n)))
+            .map(|(value, n)| json_len(value).saturating_mul(n))
+            .fold(0, usize::saturating_add);
+        if answer > MAX_ANSWER_BYTES {
+            return Err(too_large());
         }
         let mut out = Vec::with_capacity(tokens.len());
         for (token, slot) in tokens.into_iter().zip(slots) {
