@@ -215,6 +215,51 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<Vec<u8>>]) -> b
     reveals(head.as_slice(), revealed)
 }
 
+/// What the vaults asked so far answered for one token.
+#[derive(Default)]
+struct Slot {
+    /// A revealed value wins over an error, `forbidden` over the other errors.
+    answer: Option<Result<Zeroizing<String>, String>>,
+    /// How many vaults hold the token (revealed it or refused it as `forbidden`).
+    holders: u32,
+}
+
+/// Why a token is not revealed.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    Forbidden,
+    /// More than one vault holds it: which value was meant cannot be known.
+    Ambiguous,
+    NotAToken,
+}
+
+impl Slot {
+    /// One more vault's answer.
+    fn merge(&mut self, r: Result<Zeroizing<String>, String>) {
+        if r.as_ref().is_ok() || r.as_ref().is_err_and(|code| code == "forbidden") {
+            self.holders += 1;
+        }
+        match (&self.answer, r) {
+            (Some(Ok(_)), _) => {}
+            (_, Ok(v)) => self.answer = Some(Ok(v)),
+            (Some(Err(code)), Err(_)) if code == "forbidden" => {}
+            (_, Err(code)) => self.answer = Some(Err(code)),
+        }
+    }
+
+    /// The value to use, once every vault was asked.
+    fn decide(self) -> Result<Zeroizing<String>, Refusal> {
+        if self.holders > 1 {
+            return Err(Refusal::Ambiguous);
+        }
+        match self.answer {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(code)) if code == "forbidden" => Err(Refusal::Forbidden),
+            _ => Err(Refusal::NotAToken),
+        }
+    }
+}
+
 /// Every value revealed while serving a call (detokenized, read from a file by a function, or
 /// a secret put in a header), as bytes: a file need not be text.
 type Revealed = Vec<Zeroizing<Vec<u8>>>;
@@ -455,13 +500,15 @@ impl ConnectionService {
             let (level, vault) = route.detokenize_levels[f.selector()].clone();
             groups.entry((level, vault)).or_default().push(i);
         }
-        let mut values: Vec<Option<Result<Zeroizing<String>, String>>> =
-            found.iter().map(|_| None).collect();
+        let mut slots: Vec<Slot> = found.iter().map(|_| Slot::default()).collect();
         for ((level, vault), members) in groups {
             let tokens: Vec<String> = members
                 .iter()
                 .map(|i| found[*i].value().to_string())
                 .collect();
+            // Tokens are unique only within a vault (format-preserving ones may collide across
+            // vaults), so without a named vault every vault is asked: a token two of them hold
+            // is refused rather than guessed.
             let vaults = match vault {
                 Some(v) => vec![v],
                 None => all_vaults().await?,
@@ -478,26 +525,16 @@ impl ConnectionService {
                     Err(e) => return Err(e.into()),
                 };
                 for (i, r) in members.iter().zip(results) {
-                    match (&values[*i], r) {
-                        (Some(Ok(_)), _) => {}
-                        (_, Ok(v)) => values[*i] = Some(Ok(v)),
-                        (Some(Err(code)), Err(_)) if code == "forbidden" => {}
-                        (_, Err(code)) => values[*i] = Some(Err(code)),
-                    }
-                }
-                // The first vault that reveals a token wins; once every token of the group is
-                // revealed, the other vaults cannot change the answer.
-                if members.iter().all(|i| matches!(values[*i], Some(Ok(_)))) {
-                    break;
+                    slots[*i].merge(r);
                 }
             }
         }
         let mut out = Vec::with_capacity(found.len());
-        for (f, v) in found.into_iter().zip(values) {
+        for (f, slot) in found.into_iter().zip(slots) {
             let location = route.detokenize[f.selector()].describe();
-            match v {
-                Some(Ok(value)) => out.push((f, value)),
-                Some(Err(code)) if code == "forbidden" => {
+            match slot.decide() {
+                Ok(value) => out.push((f, value)),
+                Err(Refusal::Forbidden) => {
                     return Err(ConnError::call(
                         StatusCode::FORBIDDEN,
                         "forbidden",
@@ -506,7 +543,16 @@ impl ConnectionService {
                         ),
                     ));
                 }
-                _ => {
+                Err(Refusal::Ambiguous) => {
+                    return Err(ConnError::call(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_token",
+                        format!(
+                            "`{location}` holds a token that more than one vault holds; name the vault in the rule or the connection"
+                        ),
+                    ));
+                }
+                Err(Refusal::NotAToken) => {
                     return Err(ConnError::call(
                         StatusCode::BAD_REQUEST,
                         "invalid_token",
@@ -1054,6 +1100,36 @@ mod tests {
                 "forwarded"
             ]
         );
+    }
+
+    #[test]
+    fn a_token_two_vaults_hold_is_refused_not_guessed() {
+        let decide = |answers: &[Result<&str, &str>]| {
+            let mut slot = Slot::default();
+            for a in answers {
+                slot.merge(
+                    a.map(|v| Zeroizing::new(v.to_string()))
+                        .map_err(str::to_string),
+                );
+            }
+            slot.decide().map(|v| v.as_str().to_string())
+        };
+        assert_eq!(decide(&[Err("not_found"), Ok("a")]), Ok("a".to_string()));
+        assert_eq!(decide(&[Ok("a"), Ok("b")]), Err(Refusal::Ambiguous));
+        assert_eq!(
+            decide(&[Ok("a"), Err("forbidden")]),
+            Err(Refusal::Ambiguous)
+        );
+        assert_eq!(
+            decide(&[Err("forbidden"), Ok("a")]),
+            Err(Refusal::Ambiguous)
+        );
+        assert_eq!(
+            decide(&[Err("forbidden"), Err("not_found")]),
+            Err(Refusal::Forbidden)
+        );
+        assert_eq!(decide(&[Err("not_found")]), Err(Refusal::NotAToken));
+        assert_eq!(decide(&[]), Err(Refusal::NotAToken));
     }
 
     #[test]
