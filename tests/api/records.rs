@@ -153,6 +153,39 @@ async fn concurrent_inserts_of_a_unique_value_conflict_cleanly() {
     assert_eq!(app.count("record_values").await, 52);
 }
 
+/// PostgreSQL giving a transaction up for a concurrent one (a deadlock, a serialization
+/// failure) answers 409 `conflict`, which the client may retry, not a 500. (A trigger raises the
+/// real errors from PostgreSQL: two requests that deadlock on cue are not to be had.)
+#[tokio::test]
+async fn a_transaction_given_up_for_a_concurrent_one_is_a_conflict_to_retry() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let db = app.db().await;
+    for code in ["40P01", "40001"] {
+        db.batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION sr_test_give_up() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'given up' USING ERRCODE = '{code}'; END $$;
+             DROP TRIGGER IF EXISTS sr_test_give_up ON records;
+             CREATE TRIGGER sr_test_give_up BEFORE INSERT ON records
+                 FOR EACH ROW EXECUTE FUNCTION sr_test_give_up()"
+        ))
+        .await
+        .unwrap();
+        let (status, body) = app
+            .post(RECORDS, json!({"records": [{"fields": ada()}]}))
+            .await;
+        let error = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+        assert!(
+            error["message"].as_str().unwrap().contains("retry"),
+            "{code}: {body}"
+        );
+    }
+    db.batch_execute("DROP TRIGGER sr_test_give_up ON records")
+        .await
+        .unwrap();
+    insert(&app, ada()).await;
+}
+
 #[tokio::test]
 async fn lookup_by_value() {
     let app = TestApp::spawn().await;
