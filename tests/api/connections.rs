@@ -2127,6 +2127,147 @@ async fn upstream_failures_become_gateway_errors() {
     }
 }
 
+/// A bare TCP third party: answers every request with `answer`, written as is, then closes.
+fn raw_upstream(answer: &'static [u8]) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(answer);
+            // Keep a switched (101) connection open a moment, as a real upgrade would.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn upstream_statuses_outside_200_to_599_are_502() {
+    let app = spawn_app().await;
+    for (name, answer) in [
+        (
+            "switching",
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        ),
+        (
+            "odd",
+            &b"HTTP/1.1 700 Odd\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"[..],
+        ),
+    ] {
+        create_connection(&app, proxy_config(name, &raw_upstream(answer), 2000)).await;
+        let a = send(
+            &app,
+            Some(ADMIN_KEY),
+            Method::GET,
+            &format!("/v1/gateway/{name}/x"),
+            &[],
+            None,
+        )
+        .await;
+        assert_error(a.status, &a.json(), StatusCode::BAD_GATEWAY, "upstream_error");
+    }
+}
+
+#[tokio::test]
+async fn a_broken_request_body_is_400_and_only_an_oversized_one_413() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    create_connection(&app, proxy_config("proxy", &upstream.base(), 2000)).await;
+    let auth = format!("Authorization: Bearer {ADMIN_KEY}");
+    // a chunk size that is not hex
+    let head = format!(
+        "POST /v1/gateway/proxy/x HTTP/1.1\r\n{auth}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close"
+    );
+    let answer = raw_exchange(
+        &app,
+        &head,
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, body) = answer.expect("an answer");
+    assert_error(
+        StatusCode::from_u16(status).unwrap(),
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    // a chunked body over the cap is still 413
+    create_connection(
+        &app,
+        json!({"name": "small", "kind": "outbound", "base_url": upstream.base(), "max_body_bytes": 8,
+               "routes": [{"name": "any", "method": "*", "path": "/{*rest}"}]}),
+    )
+    .await;
+    let head = format!(
+        "POST /v1/gateway/small/x HTTP/1.1\r\n{auth}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close"
+    );
+    let answer = raw_exchange(
+        &app,
+        &head,
+        b"10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, body) = answer.expect("an answer");
+    assert_error(
+        StatusCode::from_u16(status).unwrap(),
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_reply_value_a_unique_column_already_holds_is_the_upstreams_502() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(200, json!({"code": "taken-code-1"})));
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "scratch", "tables": [{"name": "people", "columns": [
+                {"name": "code", "type": "string", "unique": true}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    insert(&app, "scratch", "people", json!({"code": "taken-code-1"})).await;
+    set_policies(&app, &connection_policies("out")).await;
+    create_connection(
+        &app,
+        json!({"name": "out", "kind": "outbound", "base_url": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "response": {"tokenize": [
+                   {"location": "body", "path": "$.code", "vault": "scratch", "table": "people", "column": "code"}]}}]}),
+    )
+    .await;
+    let a = send_json(
+        &app,
+        Some(ADMIN_KEY),
+        Method::POST,
+        "/v1/gateway/out/r",
+        &json!({}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+    );
+    assert!(!a.text().contains("taken-code-1"), "{}", a.text());
+}
+
 #[tokio::test]
 async fn path_tricks_never_reach_the_upstream() {
     let upstream = Upstream::start().await;

@@ -233,9 +233,13 @@ async fn call_request(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if over_limit(&e) {
+            too_large()
+        } else {
+            ApiError::invalid("the request body could not be read")
+        }
+    })?;
     Ok(CallRequest {
         method: parts.method,
         raw_path,
@@ -244,6 +248,20 @@ async fn call_request(
         // Without a copy when the buffer is not shared.
         body: body.into(),
     })
+}
+
+/// Whether reading a body failed because it passed the limit: `to_bytes` fails either so or
+/// with the connection's own error (a broken chunked encoding, a client that went away), which
+/// is hyper's.
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<hyper::Error>() {
+            return false;
+        }
+        source = s.source();
+    }
+    true
 }
 
 /// The `{connection}` segment of the gateway routes (the `{*path}` tail is read raw instead).

@@ -161,6 +161,12 @@ fn to_wit(
     }
 }
 
+/// A status the gateway passes on: a final reply HTTP defines (200 to 599). A 1xx (101
+/// above all) would make the server switch or answer 500.
+fn is_final(status: StatusCode) -> bool {
+    (200..=599).contains(&status.as_u16())
+}
+
 /// The URL a route's function is shown: the request function the one about to be forwarded
 /// (its values revealed, as the route grants), the response function the one the caller sent,
 /// tokens and all (a function never gets plaintext in on-response).
@@ -443,6 +449,20 @@ impl ConnectionService {
             }
         };
         let status = resp.status();
+        if !is_final(status) {
+            // An informational or switched answer (101) is not a reply the gateway can pass
+            // on, nor is a status HTTP does not define.
+            metrics::upstream(direction, "failed", started.elapsed());
+            audit::note(|e| e.count("upstream_ms", started.elapsed().as_millis() as u64));
+            return Err(ConnError::call(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!(
+                    "the upstream answered status {}, not a final reply",
+                    status.as_u16()
+                ),
+            ));
+        }
         let headers = returnable(resp.headers());
         let mut body = Vec::new();
         loop {
@@ -746,10 +766,18 @@ impl ConnectionService {
             let out = self
                 .run_function(f, Hook::Response, msg, purpose, &mut revealed)
                 .await?;
-            resp.status = out
-                .status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(resp.status);
+            if let Some(s) = out.status {
+                resp.status = StatusCode::from_u16(s)
+                    .ok()
+                    .filter(|s| is_final(*s))
+                    .ok_or_else(|| {
+                        ConnError::call(
+                            StatusCode::BAD_GATEWAY,
+                            "function_error",
+                            format!("the function `{f}` set status {s}, not one of 200 to 599"),
+                        )
+                    })?;
+            }
             resp.headers = returnable(&from_wit_headers(&out.headers)?);
             resp.body = out.body;
         }
@@ -985,6 +1013,11 @@ fn tokenize_failure(
             "conflict",
             format!("`{location}`: this value is already taken"),
         ),
+        VaultError::Conflict { .. } => ConnError::call(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("`{location}`: the upstream's value is already taken in {into}"),
+        ),
         other => ConnError::Vault(other),
     }
 }
@@ -1130,6 +1163,25 @@ mod tests {
         );
         assert_eq!(decide(&[Err("not_found")]), Err(Refusal::NotAToken));
         assert_eq!(decide(&[]), Err(Refusal::NotAToken));
+    }
+
+    #[test]
+    fn only_final_statuses_are_passed_on() {
+        for (code, passed) in [
+            (100, false),
+            (101, false),
+            (199, false),
+            (200, true),
+            (599, true),
+            (600, false),
+            (999, false),
+        ] {
+            assert_eq!(
+                is_final(StatusCode::from_u16(code).unwrap()),
+                passed,
+                "{code}"
+            );
+        }
     }
 
     #[test]
