@@ -497,6 +497,35 @@ mod tests {
         // mod 97, wrong length for GB
         let refused = ["GB82WEST12345698765433", "GB82WEST1234569876543"];
         check(DataType::Iban, &good, &refused);
+        // The shortest and longest countries, one added lately, and check digits at both ends
+        // of 02..=98.
+        let good = [
+            ("NO93 8601 1117 947", "NO9386011117947"),
+            (
+                "LC55HEMM000100010012001200023015",
+                "LC55HEMM000100010012001200023015",
+            ),
+            (
+                "HN88CABF00000000000250005469",
+                "HN88CABF00000000000250005469",
+            ),
+            ("DE02370400440000000024", "DE02370400440000000024"),
+            ("DE97370400440000000060", "DE97370400440000000060"),
+            ("DE98370400440000000042", "DE98370400440000000042"),
+        ];
+        let refused = [
+            // pass mod 97, but no country issues them
+            "ZZ721234567890123",
+            "US281234567890123456",
+            // pass mod 97, but not at their country's length (NO has 15, DE 22)
+            "NO8586011117947000",
+            "DE5137040044053201300",
+            // pass mod 97 with check digits 99, 00, 01: aliases of the good 02, 97, 98 above
+            "DE99370400440000000024",
+            "DE00370400440000000060",
+            "DE01370400440000000042",
+        ];
+        check(DataType::Iban, &good, &refused);
         let good = [("011000015", "011000015"), ("121000358", "121000358")];
         // checksum, unassigned prefix
         check(
