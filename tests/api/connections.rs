@@ -1269,6 +1269,11 @@ async fn card_numbers_go_upstream_but_never_back_to_the_caller() {
         Reply::json(200, json!({"ok": true})).header("x-card", ADA_CARD),
         Reply::text(200, &format!("last card used: {ADA_CARD}.")),
         Reply::text(200, "\u{1f}\u{8b} opaque bytes").header("content-encoding", "gzip"),
+        // a coding in a second header, or second in a list, is a coding all the same
+        Reply::text(200, "\u{1f}\u{8b} opaque bytes")
+            .header("content-encoding", "identity")
+            .header("content-encoding", "gzip"),
+        Reply::text(200, "\u{1f}\u{8b} opaque bytes").header("content-encoding", "identity, gzip"),
         // base64 of a text holding it, the card 5 bytes in (not on a 3-byte boundary)
         Reply::json(
             200,
@@ -1310,6 +1315,30 @@ async fn card_numbers_go_upstream_but_never_back_to_the_caller() {
     let card_token = reply["card"]["number"].as_str().unwrap().to_string();
     let masked = detokenize(&app, "payments", &card_token, "masked").await;
     assert!(masked.ends_with("4242") && masked != ADA_CARD, "{masked}");
+
+    // a reply whose body is encoded (in any of its Content-Encoding headers) cannot be
+    // tokenized: it is the upstream's error
+    upstream.reply_on(
+        "/v1/echo-tokenized",
+        Reply::json(200, json!({"card": {"number": ADA_CARD}}))
+            .header("content-encoding", "identity")
+            .header("content-encoding", "gzip"),
+    );
+    let a = send_json(
+        &app,
+        Some(&checkout),
+        Method::POST,
+        "/v1/gateway/stripe/v1/echo-tokenized",
+        &json!({"card": {"number": token(&p.ada, "card_number")}}),
+    )
+    .await;
+    assert_error(
+        a.status,
+        &a.json(),
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+    );
+    assert!(!a.text().contains(ADA_CARD), "{}", a.text());
     assert_audit_has_no_plaintext(&app, &[ADA_CARD]).await;
 }
 

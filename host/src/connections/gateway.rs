@@ -202,10 +202,7 @@ fn leaks(headers: &HeaderMap, body: &[u8], revealed: &[Zeroizing<Vec<u8>>]) -> b
     if revealed.is_empty() {
         return false;
     }
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
+    if locations::is_encoded(headers) {
         return true;
     }
     if reveals(body, revealed) {

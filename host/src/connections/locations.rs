@@ -536,6 +536,17 @@ fn form_pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], Range<usize>)> {
     })
 }
 
+/// Whether a message's body is encoded (compressed): any coding but `identity` in any of its
+/// `Content-Encoding` headers, each a comma-separated list.
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|coding| {
+            let coding = coding.trim_ascii();
+            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+        })
+    })
+}
+
 /// A body, parsed as far as locations need.
 enum Body {
     Json(Node),
@@ -545,11 +556,7 @@ enum Body {
 
 impl Body {
     fn parse(msg: &Message<'_>, selector: &Selector) -> Result<Self, LocationError> {
-        if msg
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
+        if is_encoded(msg.headers) {
             return Err(LocationError::CompressedBody {
                 location: selector.describe(),
             });
@@ -1447,6 +1454,31 @@ mod tests {
             gzip.collect(&[body("$.a")]),
             Err(LocationError::CompressedBody { .. })
         ));
+        for codings in [
+            &["identity", "gzip"][..],
+            &["identity, br"],
+            &["gzip, identity"],
+        ] {
+            let mut encoded = Owned::json(r#"{"a": "x"}"#);
+            for coding in codings {
+                encoded
+                    .headers
+                    .append(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            }
+            assert!(
+                matches!(
+                    encoded.collect(&[body("$.a")]),
+                    Err(LocationError::CompressedBody { .. })
+                ),
+                "{codings:?}"
+            );
+        }
+        let mut identity = Owned::json(r#"{"a": "x"}"#);
+        identity.headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert_eq!(identity.collect(&[body("$.a")])?.len(), 1);
         // Without body selectors the body is never read.
         let mut other = Owned::new("text/plain", "not json");
         assert!(other.collect(&[selector(Place::Query, "q")])?.is_empty());
