@@ -723,3 +723,24 @@ async fn errors_list_at_most_a_hundred_details() {
     assert_eq!(details[100]["reason"], "and 50 more problems like these");
     assert_eq!(app.count("records").await, 0);
 }
+
+#[tokio::test]
+async fn unique_conflicts_list_at_most_a_hundred_details() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    insert(&app, json!({"email": "held@example.com"})).await;
+    // 150 records with one value of a unique column: the first clashes with the stored record,
+    // each later one with it and with the first record of the batch too.
+    let records: Vec<Value> = (0..150)
+        .map(|_| json!({"fields": {"email": "held@example.com"}}))
+        .collect();
+    let (status, body) = app.post(RECORDS, json!({"records": records})).await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let details = error["details"].as_array().unwrap();
+    assert_eq!(details.len(), 101, "{body}");
+    assert_eq!(details[0]["record"], 0, "{body}");
+    assert_eq!(details[99]["record"], 50, "{body}");
+    assert_eq!(details[100]["reason"], "and 199 more problems like these");
+    assert!(!body.to_string().contains("held@"), "{body}");
+    assert_eq!(app.count("records").await, 1);
+}

@@ -118,15 +118,59 @@ pub enum VaultError {
 /// could otherwise be answered with a list of problems several times its size.
 pub const MAX_DETAILS: usize = 100;
 
+/// Details gathered one problem at a time, up to [`MAX_DETAILS`]: past it a problem is counted,
+/// not described (a detail is not even built), and a last detail says how many more there were.
+#[derive(Debug, Default)]
+pub struct Details {
+    listed: Vec<Detail>,
+    more: usize,
+}
+
+impl Details {
+    /// Adds the detail `make` builds, or counts it once the list is full.
+    pub fn push_with(&mut self, make: impl FnOnce() -> Detail) {
+        if self.listed.len() < MAX_DETAILS {
+            self.listed.push(make());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// The listed details, then the count of the rest.
+    pub fn into_vec(self) -> Vec<Detail> {
+        let mut details = self.listed;
+        if self.more > 0 {
+            details.push(more_like_these(self.more));
+        }
+        details
+    }
+
+    /// A 400 `invalid_request` with these details.
+    pub fn invalid(self, message: impl Into<String>) -> VaultError {
+        VaultError::Invalid {
+            message: message.into(),
+            details: self.into_vec(),
+        }
+    }
+}
+
+fn more_like_these(more: usize) -> Detail {
+    Detail {
+        reason: format!("and {more} more problems like these"),
+        ..Detail::default()
+    }
+}
+
 impl VaultError {
     pub fn invalid(message: impl Into<String>, mut details: Vec<Detail>) -> VaultError {
         if details.len() > MAX_DETAILS {
             let more = details.len() - MAX_DETAILS;
             details.truncate(MAX_DETAILS);
-            details.push(Detail {
-                reason: format!("and {more} more problems like these"),
-                ..Detail::default()
-            });
+            details.push(more_like_these(more));
         }
         VaultError::Invalid {
             message: message.into(),
@@ -248,5 +292,35 @@ impl VaultService {
 
     fn invalidate_all(&self) {
         self.cache.forget_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_stop_at_their_limit_and_count_the_rest() {
+        let mut built = 0;
+        let mut details = Details::default();
+        for i in 0..MAX_DETAILS + 7 {
+            details.push_with(|| {
+                built += 1;
+                Detail::index(i, "bad")
+            });
+        }
+        assert_eq!(built, MAX_DETAILS, "a detail past the limit is not built");
+        let VaultError::Invalid { details, .. } = details.invalid("bad") else {
+            panic!("not invalid");
+        };
+        assert_eq!(details.len(), MAX_DETAILS + 1);
+        assert_eq!(details[MAX_DETAILS - 1].index, Some(MAX_DETAILS - 1));
+        assert_eq!(
+            details[MAX_DETAILS].reason,
+            "and 7 more problems like these"
+        );
+        let mut few = Details::default();
+        few.push_with(|| Detail::index(0, "bad"));
+        assert_eq!(few.into_vec().len(), 1);
     }
 }

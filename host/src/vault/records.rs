@@ -6,7 +6,7 @@
 use super::access::{DataAction, Gate, RowFacts};
 use super::keys::value_aad;
 use super::schema::{Column, Redaction, fpe_format, valid_name};
-use super::{Detail, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
+use super::{Detail, Details, LoadedVault, MAX_BATCH, Table, VaultError, VaultService};
 use crate::crypto::{open, seal};
 use crate::tokens::{self, Tokenization};
 use crate::types::DataType;
@@ -211,27 +211,31 @@ impl VaultService {
         records: &[Map<String, Value>],
         enforce_required: bool,
     ) -> Result<Vec<PendingValue<'a>>, VaultError> {
-        let mut errors = Vec::new();
+        let mut errors = Details::default();
         let mut out = Vec::new();
         for (i, fields) in records.iter().enumerate() {
             for (name, value) in fields {
                 let Some(column) = t.column(name) else {
-                    errors.push(Detail::record(
-                        i,
-                        name.clone(),
-                        format!("`{name}` is not a column of table `{}`", t.name),
-                    ));
+                    errors.push_with(|| {
+                        Detail::record(
+                            i,
+                            name.clone(),
+                            format!("`{name}` is not a column of table `{}`", t.name),
+                        )
+                    });
                     continue;
                 };
                 if value.is_null() {
                     continue;
                 }
                 match column.data_type.normalize(value) {
-                    Err(e) => errors.push(Detail::record(i, name.clone(), e.reason)),
+                    Err(e) => errors.push_with(|| Detail::record(i, name.clone(), e.reason)),
                     Ok(canonical) => {
                         let canonical = Zeroizing::new(canonical);
                         match make_token(v, column, &canonical, 0) {
-                            Err(reason) => errors.push(Detail::record(i, name.clone(), reason)),
+                            Err(reason) => {
+                                errors.push_with(|| Detail::record(i, name.clone(), reason))
+                            }
                             Ok(token) => out.push(PendingValue {
                                 record: i,
                                 column,
@@ -245,7 +249,7 @@ impl VaultService {
             if enforce_required {
                 for c in t.columns.iter().filter(|c| c.required) {
                     if fields.get(&c.name).is_none_or(Value::is_null) {
-                        errors.push(Detail::record(i, c.name.clone(), "is required"));
+                        errors.push_with(|| Detail::record(i, c.name.clone(), "is required"));
                     }
                 }
             }
@@ -253,10 +257,7 @@ impl VaultService {
         if errors.is_empty() {
             Ok(out)
         } else {
-            Err(VaultError::invalid(
-                "one or more records are invalid",
-                errors,
-            ))
+            Err(errors.invalid("one or more records are invalid"))
         }
     }
 
@@ -269,16 +270,14 @@ impl VaultService {
         exclude: Option<&Uuid>,
     ) -> Result<(), VaultError> {
         let mut seen: HashMap<(Uuid, Vec<u8>), usize> = HashMap::new();
-        let mut errors = Vec::new();
+        // Each clash as (record, value, the earlier record of the batch it repeats): details
+        // are built for the first `MAX_DETAILS` of them only, in record order.
+        let mut clashes: Vec<(usize, usize, Option<usize>)> = Vec::new();
         let (mut cols, mut keys, mut idx) = (Vec::new(), Vec::new(), Vec::new());
         for (i, pv) in values.iter().enumerate().filter(|(_, pv)| pv.column.unique) {
             let key = v.keys.blind_index(&pv.column.id, &pv.canonical);
             if let Some(first) = seen.insert((pv.column.id, key.clone()), pv.record) {
-                errors.push(Detail::record(
-                    pv.record,
-                    pv.column.name.clone(),
-                    format!("duplicates the value of record {first} in a unique column"),
-                ));
+                clashes.push((pv.record, i, Some(first)));
             }
             cols.push(pv.column.id);
             keys.push(key);
@@ -300,23 +299,33 @@ impl VaultService {
                 )
                 .await?;
             for row in rows {
-                let pv = &values[row.get::<_, i32>(0) as usize];
-                errors.push(Detail::record(
-                    pv.record,
-                    pv.column.name.clone(),
-                    "a record with this value already exists in a unique column",
-                ));
+                let i = row.get::<_, i32>(0) as usize;
+                clashes.push((values[i].record, i, None));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            errors.sort_by_key(|d| d.record);
-            Err(VaultError::Conflict {
-                message: "a unique column already holds one of the values".into(),
-                details: errors,
-            })
+        if clashes.is_empty() {
+            return Ok(());
         }
+        clashes.sort_by_key(|(record, ..)| *record);
+        let mut details = Details::default();
+        for (record, i, first) in clashes {
+            details.push_with(|| {
+                Detail::record(
+                    record,
+                    values[i].column.name.clone(),
+                    match first {
+                        Some(first) => {
+                            format!("duplicates the value of record {first} in a unique column")
+                        }
+                        None => "a record with this value already exists in a unique column".into(),
+                    },
+                )
+            });
+        }
+        Err(VaultError::Conflict {
+            message: "a unique column already holds one of the values".into(),
+            details: details.into_vec(),
+        })
     }
 
     /// Reserves every pending token in `tokens`, regenerating those that collide with a token
@@ -1383,22 +1392,24 @@ fn wanted_columns(
         ));
     }
     let mut set = HashSet::new();
-    let mut errors = Vec::new();
+    let mut errors = Details::default();
     for name in names {
         match t.column(&name) {
             Some(c) => {
                 set.insert(c.id);
             }
-            None => errors.push(Detail::field(
-                "columns",
-                format!("`{name}` is not a column of table `{}`", t.name),
-            )),
+            None => errors.push_with(|| {
+                Detail::field(
+                    "columns",
+                    format!("`{name}` is not a column of table `{}`", t.name),
+                )
+            }),
         }
     }
     if errors.is_empty() {
         Ok(Some(set))
     } else {
-        Err(VaultError::invalid("unknown columns", errors))
+        Err(errors.invalid("unknown columns"))
     }
 }
 
