@@ -2298,6 +2298,37 @@ async fn a_reply_value_a_unique_column_already_holds_is_the_upstreams_502() {
 }
 
 #[tokio::test]
+async fn inbound_failures_tell_the_client_nothing_internal() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    upload(&app, "panicky-intake", "hostile_panic", json!([])).await;
+    create_connection(
+        &app,
+        json!({"name": "intake", "kind": "inbound", "upstream": upstream.base(),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "public": true,
+                           "request": {"function": "panicky-intake"}}]}),
+    )
+    .await;
+    create_connection(
+        &app,
+        json!({"name": "gone", "kind": "inbound",
+               "upstream": format!("http://127.0.0.1:{}", closed_port()),
+               "routes": [{"name": "r", "method": "POST", "path": "/r", "public": true}]}),
+    )
+    .await;
+    for path in ["/v1/inbound/intake/r", "/v1/inbound/gone/r"] {
+        let a = send_json(&app, None, Method::POST, path, &json!({"a": 1})).await;
+        let answer = a.json();
+        assert_error(a.status, &answer, StatusCode::BAD_GATEWAY, "upstream_error");
+        assert_eq!(
+            answer["error"]["message"], "the connection cannot be used now",
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn path_tricks_never_reach_the_upstream() {
     let upstream = Upstream::start().await;
     let app = spawn_app().await;

@@ -900,7 +900,8 @@ impl ConnectionService {
         if let Some(f) = &config.request.function {
             (method, url, headers, body) = self
                 .request_function(&conn, f, (method, url, headers, body), "", &mut revealed)
-                .await?;
+                .await
+                .map_err(|e| to_anonymous(&conn.name, e))?;
         }
         headers.insert(
             HeaderName::from_static("x-strongroom-connection"),
@@ -924,13 +925,53 @@ impl ConnectionService {
             );
         }
         Self::add_configured_headers(&conn, &mut headers, &mut revealed);
-        let resp = self.forward(&conn, method, url, headers, body).await?;
+        let resp = self
+            .forward(&conn, method, url, headers, body)
+            .await
+            .map_err(|e| to_anonymous(&conn.name, e))?;
         if leaks(&resp.headers, &resp.body, &revealed) {
             return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller",
             ));
         }
         Ok(resp)
+    }
+}
+
+/// A failure of an inbound call's function or forward, as its client (who may be anyone) sees
+/// it: the status, without the reasons (an egress rule, a function's name or text), which are
+/// logged. A function's own text is not logged: it may quote the client's message.
+fn to_anonymous(connection: &str, e: ConnError) -> ConnError {
+    let ConnError::Upstream {
+        status,
+        code,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let reason = if code == "function_error" {
+        "(the function's message is not logged)"
+    } else {
+        message.as_str()
+    };
+    tracing::warn!(
+        connection,
+        status = status.as_u16(),
+        code,
+        reason,
+        "an inbound call failed"
+    );
+    match status {
+        s if s.is_client_error() => ConnError::call(s, code, "the request was refused"),
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
+            ConnError::call(status, code, "the connection cannot be used now")
+        }
+        _ => ConnError::call(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the connection cannot be used now",
+        ),
     }
 }
 
