@@ -142,3 +142,65 @@ async fn format_preserving_tokens_keep_their_shape() {
         }
     }
 }
+
+/// A tokenize request that repeats a value of a deterministic column (as sent, or only once
+/// normalised) stores it once and answers its one token at every position: on a unique column
+/// it used to store a record per repeat and refuse the request as a conflict with itself.
+#[tokio::test]
+async fn tokenize_answers_a_repeated_deterministic_value_its_one_token() {
+    let app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app.post("/v1/vaults", schema()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let tokenize = |vault: &str, table: &str, column: &str, values: Value| {
+        let (path, body) = (
+            format!("/v1/vaults/{vault}/tokenize"),
+            json!({"table": table, "column": column, "values": values}),
+        );
+        let app = &app;
+        async move {
+            let (status, body) = app.post(&path, body).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["tokens"].as_array().unwrap().clone()
+        }
+    };
+    let values = json!(["a@x.com", "A@X.com", "b@x.com", "a@x.com"]);
+    // `payments/customers/email` is unique and deterministic.
+    let first = tokenize("payments", "customers", "email", values.clone()).await;
+    assert_eq!(first.len(), 4);
+    assert_eq!(first[0], first[1]);
+    assert_eq!(first[0], first[3]);
+    assert_ne!(first[0], first[2]);
+    assert_eq!(app.count("records").await, 2);
+    // Again, now that both are held: the same tokens, no new record.
+    let again = tokenize("payments", "customers", "email", values.clone()).await;
+    assert_eq!(again, first);
+    assert_eq!(app.count("records").await, 2);
+    // A held value and a new one, each repeated.
+    let mixed = tokenize(
+        "payments",
+        "customers",
+        "email",
+        json!(["c@x.com", "b@x.com", "C@x.com", "b@x.com"]),
+    )
+    .await;
+    assert_eq!(mixed[1], first[2]);
+    assert_eq!(mixed[3], first[2]);
+    assert_eq!(mixed[0], mixed[2]);
+    assert_eq!(app.count("records").await, 3);
+    // Deterministic but not unique (`t/a/email2`): one record per value all the same.
+    let plain = tokenize("t", "a", "email2", values).await;
+    assert_eq!(plain[0], plain[1]);
+    assert_eq!(plain[0], plain[3]);
+    assert_eq!(app.count("records").await, 5);
+    let (status, body) = app
+        .post(
+            "/v1/vaults/payments/detokenize",
+            json!({"tokens": [first[1], first[2], mixed[2]], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["value"], "a@x.com");
+    assert_eq!(body["results"][1]["value"], "b@x.com");
+    assert_eq!(body["results"][2]["value"], "c@x.com");
+}

@@ -1214,6 +1214,8 @@ impl VaultService {
             },
             other => other,
         })?;
+        // Each position of the answer: its value among those tokenized below.
+        let mut position: Vec<usize> = (0..prepared.len()).collect();
         // Deterministic values already held keep their record; the rest become new records.
         let mut held = vec![false; prepared.len()];
         if c.tokenization.is_deterministic() {
@@ -1221,6 +1223,26 @@ impl VaultService {
                 .iter()
                 .map(|pv| v.keys.blind_index(&c.id, &pv.canonical))
                 .collect();
+            // A value the request repeats (as normalised: `Ann@x.com` and `ann@x.com` alike) is
+            // tokenized once, so it gets one record and one token, not a record per repeat
+            // (which a unique column refused as a conflict with itself).
+            let mut first: HashMap<&[u8], usize> = HashMap::new();
+            let mut keep = vec![false; blinds.len()];
+            for (i, b) in blinds.iter().enumerate() {
+                let next = first.len();
+                position[i] = *first.entry(b.as_slice()).or_insert_with(|| {
+                    keep[i] = true;
+                    next
+                });
+            }
+            let mut keeps = keep.iter();
+            prepared.retain(|_| keeps.next().copied().unwrap_or(false));
+            let blinds: Vec<Vec<u8>> = blinds
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(b, k)| k.then_some(b))
+                .collect();
+            held = vec![false; prepared.len()];
             let client = self.pool.get().await?;
             let present: HashSet<Vec<u8>> = client
                 .query(
@@ -1261,8 +1283,9 @@ impl VaultService {
             let ids = new_record_ids(fresh.len());
             self.store_new(&v, t, &ids, &[], &mut fresh).await?;
         }
-        let mut out = Vec::with_capacity(slots.len());
-        for (is_fresh, i) in slots {
+        let mut out = Vec::with_capacity(position.len());
+        for at in position {
+            let (is_fresh, i) = slots[at];
             let pv = if is_fresh { &fresh[i] } else { &kept[i] };
             out.push(
                 pv.token
