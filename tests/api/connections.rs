@@ -2695,7 +2695,7 @@ async fn inbound_clients_cannot_choose_hop_or_address_headers() {
             "routes": [{"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
     )
     .await;
-    let head = "GET /v1/inbound/site/page HTTP/1.1\r\nConnection: close, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https";
+    let head = "GET /v1/inbound/site/page HTTP/1.1\r\nConnection: close, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Forwarded-Prefix: /evil.example\r\nX-Forwarded-Port: 6666\r\nTrue-Client-IP: 6.6.6.6\r\nCF-Connecting-IP: 6.6.6.6\r\nX-Client-IP: 6.6.6.6\r\nX-Cluster-Client-IP: 6.6.6.6";
     let answer = raw_exchange(&app, head, b"", Duration::from_secs(10)).await;
     assert_eq!(answer.as_ref().map(|(s, _)| *s), Some(200), "{answer:?}");
     let got = upstream.last();
@@ -2712,9 +2712,44 @@ async fn inbound_clients_cannot_choose_hop_or_address_headers() {
         "x-real-ip",
         "x-forwarded-host",
         "x-forwarded-proto",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
     ] {
         assert!(got.header(claim).is_none(), "{claim}: {text}");
     }
+    // nor can the connection's own headers replace the address the gateway sets
+    assert_refused(
+        &app,
+        json!({"name": "spoof", "kind": "inbound", "upstream": upstream.base(),
+               "headers": {"X-Forwarded-For": "6.6.6.6"},
+               "routes": [{"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+        "headers.X-Forwarded-For",
+    )
+    .await;
+    // an outbound caller cannot send the upstream to another path either
+    create_connection(&app, proxy_config("out", &upstream.base(), 2000)).await;
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/gateway/out/page",
+        &[("x-original-url", "/admin"), ("x-rewrite-url", "/admin")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let got = upstream.last();
+    assert!(
+        got.header("x-original-url").is_none() && got.header("x-rewrite-url").is_none(),
+        "{}",
+        got.headers_text()
+    );
 }
 
 #[tokio::test]

@@ -458,7 +458,9 @@ pub fn check_shape(c: &ConnectionConfig, mut fail: impl FnMut(String, String)) {
         let field = format!("headers.{name}");
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             fail(field.clone(), "is not a valid header name".into());
-        } else if super::gateway::is_reserved_header(name) {
+        } else if super::gateway::is_reserved_header(name)
+            || (c.kind == Kind::Inbound && super::gateway::is_inbound_header(name))
+        {
             fail(
                 field.clone(),
                 "is set by the gateway and cannot be configured".into(),

@@ -76,15 +76,31 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
-/// What an inbound client says about where it connects from; an upstream that trusts its peer
-/// (the gateway) would believe it. The gateway sets `x-forwarded-for` itself.
+/// Headers that ask the upstream to serve another path than the request line's (IIS, Symfony,
+/// Zend): the route was matched, and its rules chosen, for the path the gateway saw.
+const PATH_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url"];
+
+/// What an inbound client says about where it connects from, or how a proxy before the upstream
+/// reached it; an upstream that trusts its peer (the gateway) would believe it. The gateway sets
+/// `x-forwarded-for` itself.
 const CLIENT_CLAIMS: &[&str] = &[
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
     "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
 ];
+
+/// Headers the gateway sets on an inbound call, so its connection's configuration may not.
+pub fn is_inbound_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-forwarded-for")
+}
 
 /// `headers` minus the hop's (the hop-by-hop ones and those the `Connection` header names,
 /// RFC 9110 §7.6.1) and those `dropped` names.
@@ -119,6 +135,7 @@ fn forwardable(headers: &HeaderMap, inbound: bool) -> HeaderMap {
                 "authorization" | "cookie" | "x-request-id" | "accept-encoding"
             )
             || METHOD_OVERRIDES.contains(&n)
+            || PATH_OVERRIDES.contains(&n)
             || (inbound && CLIENT_CLAIMS.contains(&n))
     })
 }
@@ -903,6 +920,9 @@ impl ConnectionService {
                 .await
                 .map_err(|e| to_anonymous(&conn.name, e))?;
         }
+        // The connection's own headers first: what the gateway sets below wins (a version
+        // stored before a name was reserved cannot override it either).
+        Self::add_configured_headers(&conn, &mut headers, &mut revealed);
         headers.insert(
             HeaderName::from_static("x-strongroom-connection"),
             HeaderValue::from_str(&conn.name)
@@ -924,7 +944,6 @@ impl ConnectionService {
                     .map_err(|_| ConnError::Internal("signature header".into()))?,
             );
         }
-        Self::add_configured_headers(&conn, &mut headers, &mut revealed);
         let resp = self
             .forward(&conn, method, url, headers, body)
             .await
