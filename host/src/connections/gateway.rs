@@ -284,6 +284,14 @@ impl Slot {
 /// a secret put in a header), as bytes: a file need not be text.
 type Revealed = Vec<Zeroizing<Vec<u8>>>;
 
+/// `revealed` with each value once: a token repeated across a `[*]` array is revealed each time
+/// it appears, and every copy would cost the leak check its scans of the reply. The copies
+/// dropped are zeroed.
+fn distinct(revealed: &mut Revealed) {
+    revealed.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    revealed.dedup_by(|a, b| a.as_slice() == b.as_slice());
+}
+
 /// The call's answer when the reply would carry a revealed value back: counted in the audit
 /// event and logged (who, which connection and route; never the value), since a caller who
 /// can make the upstream echo a field of its choice can use this answer to confirm a guess.
@@ -735,6 +743,7 @@ impl ConnectionService {
                     revealed.push(Zeroizing::new(v.as_bytes().to_vec()));
                 }
                 locations::replace(&mut msg, &route.detokenize, edits).map_err(location_error)?;
+                distinct(&mut revealed);
             }
         }
 
@@ -813,6 +822,7 @@ impl ConnectionService {
         }
 
         // 7. Nothing revealed goes back.
+        distinct(&mut revealed);
         if leaks(&resp.headers, &resp.body, &revealed) {
             return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller; tokenize it in the route's response rules",
@@ -948,6 +958,7 @@ impl ConnectionService {
             .forward(&conn, method, url, headers, body)
             .await
             .map_err(|e| to_anonymous(&conn.name, e))?;
+        distinct(&mut revealed);
         if leaks(&resp.headers, &resp.body, &revealed) {
             return Err(egress_blocked(
                 "the reply would carry a value revealed for this call back to the caller",
@@ -1220,6 +1231,19 @@ mod tests {
         );
         assert_eq!(decide(&[Err("not_found")]), Err(Refusal::NotAToken));
         assert_eq!(decide(&[]), Err(Refusal::NotAToken));
+    }
+
+    #[test]
+    fn each_revealed_value_is_checked_once() {
+        let mut revealed: Revealed = ["4242", "ada@x.test", "4242", "sk_1", "ada@x.test"]
+            .iter()
+            .cycle()
+            .take(5000)
+            .map(|v| Zeroizing::new(v.as_bytes().to_vec()))
+            .collect();
+        distinct(&mut revealed);
+        let left: Vec<&[u8]> = revealed.iter().map(|v| v.as_slice()).collect();
+        assert_eq!(left, [&b"4242"[..], b"ada@x.test", b"sk_1"]);
     }
 
     #[test]
