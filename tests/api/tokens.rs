@@ -204,3 +204,77 @@ async fn tokenize_answers_a_repeated_deterministic_value_its_one_token() {
     assert_eq!(body["results"][1]["value"], "b@x.com");
     assert_eq!(body["results"][2]["value"], "c@x.com");
 }
+
+/// A deterministic format-preserving token that had to take a later attempt (its first was
+/// another value's) stays the value's token after that other value is gone and its first
+/// attempt is free again: for a new record of the value, and for `tokenize`, which answered a
+/// token that no record holds. (The other value is played by a row in `tokens`: two values
+/// whose tokens meet are not to be found on cue.)
+#[tokio::test]
+async fn a_deterministic_format_preserving_token_stays_when_its_first_attempt_frees() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/vaults",
+            json!({"name": "bank", "tables": [{"name": "a", "columns": [
+                {"name": "acct", "type": "bank_account", "tokenization": "deterministic_format_preserving"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let records = "/v1/vaults/bank/tables/a/records";
+    let add = || async {
+        let (status, body) = app
+            .post(
+                records,
+                json!({"records": [{"fields": {"acct": "0001234567"}}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["records"][0]["id"].as_str().unwrap().to_string(),
+            body["records"][0]["tokens"]["acct"].clone(),
+        )
+    };
+    let db = app.db().await;
+    // The first attempt's token, then its row once the record is gone.
+    let (id, first) = add().await;
+    let row = db
+        .query_one("SELECT vault_id, token_hash FROM tokens", &[])
+        .await
+        .unwrap();
+    let (vault, hash): (uuid::Uuid, Vec<u8>) = (row.get(0), row.get(1));
+    let (status, _) = app.delete(&format!("{records}/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.count("tokens").await, 0);
+    // Another value holds the first attempt's token: the value takes its second.
+    db.execute(
+        "INSERT INTO tokens (vault_id, token_hash, binding) VALUES ($1, $2, '\\x00')",
+        &[&vault, &hash],
+    )
+    .await
+    .unwrap();
+    let (_, second) = add().await;
+    assert_ne!(second, first);
+    // The other value goes; the first attempt is free again.
+    db.execute("DELETE FROM tokens WHERE binding = '\\x00'", &[])
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            "/v1/vaults/bank/tokenize",
+            json!({"table": "a", "column": "acct", "values": ["0001234567"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokens"][0], second, "tokenize answers the held token");
+    let (_, third) = add().await;
+    assert_eq!(third, second, "a new record of the value gets its token");
+    let (status, body) = app
+        .post(
+            "/v1/vaults/bank/detokenize",
+            json!({"tokens": [second], "redaction": "plain"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["value"], "0001234567", "{body}");
+}

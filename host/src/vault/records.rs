@@ -328,6 +328,69 @@ impl VaultService {
         })
     }
 
+    /// A deterministic format-preserving value that records already hold keeps the token they
+    /// hold. That may be a later attempt than the first (the first was another value's when the
+    /// value was first stored), and the first may be free again since: without this the value
+    /// would take it, and have two tokens (`tokenize` answered one that no record holds). Each
+    /// such value starts at the attempt its scope's records hold.
+    async fn resume_attempts(
+        &self,
+        client: &impl GenericClient,
+        v: &LoadedVault,
+        values: &mut [PendingValue<'_>],
+        pending: &[usize],
+    ) -> Result<(), VaultError> {
+        let (mut cols, mut blinds, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in pending {
+            let pv = &values[i];
+            if pv.column.tokenization != Tokenization::DeterministicFormatPreserving {
+                continue;
+            }
+            let scope = pv.column.token_scope();
+            for c in v.tables.iter().flat_map(|t| &t.columns).filter(|c| {
+                c.tokenization == Tokenization::DeterministicFormatPreserving
+                    && c.token_scope() == scope
+            }) {
+                cols.push(c.id);
+                blinds.push(v.keys.blind_index(&c.id, &pv.canonical));
+                idx.push(i as i32);
+            }
+        }
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let mut held: HashMap<usize, HashSet<Vec<u8>>> = HashMap::new();
+        for row in client
+            .query(
+                &client.prepare_cached("SELECT DISTINCT x.i, rv.token_hash FROM unnest($1::uuid[], $2::bytea[], $3::int[]) AS x(c, b, i)
+                 JOIN record_values rv ON rv.column_id = x.c AND rv.blind_index = x.b
+                 -- lets the planner use the partial index on blind indexes
+                 WHERE rv.blind_index IS NOT NULL AND rv.token_hash IS NOT NULL").await?,
+                &[&cols, &blinds, &idx],
+            )
+            .await?
+        {
+            held.entry(row.get::<_, i32>(0) as usize)
+                .or_default()
+                .insert(row.get(1));
+        }
+        for (i, hashes) in held {
+            let pv = &mut values[i];
+            if pv.token.as_ref().is_none_or(|t| hashes.contains(&t.hash)) {
+                continue; // the first attempt is the one held
+            }
+            for attempt in 1..TOKEN_ROUNDS {
+                if let Ok(Some(t)) = make_token(v, pv.column, &pv.canonical, attempt)
+                    && hashes.contains(&t.hash)
+                {
+                    pv.token = Some(t);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reserves every pending token in `tokens`, regenerating those that collide with a token
     /// bound to another value. A deterministic format-preserving token already bound to the same
     /// value is reused.
@@ -352,6 +415,7 @@ impl VaultService {
                 values[*i].token.is_some() && values[*i].column.tokenization.is_format_preserving()
             })
             .collect();
+        self.resume_attempts(client, v, values, &pending).await?;
         for _round in 0..TOKEN_ROUNDS {
             if pending.is_empty() {
                 return Ok(());
