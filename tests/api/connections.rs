@@ -2753,6 +2753,33 @@ async fn inbound_clients_cannot_choose_hop_or_address_headers() {
 }
 
 #[tokio::test]
+async fn inbound_requests_with_two_content_types_are_refused() {
+    let upstream = Upstream::start().await;
+    let app = spawn_app().await;
+    create_connection(
+        &app,
+        json!({"name": "site", "kind": "inbound", "upstream": upstream.base(),
+            "routes": [{"name": "pages", "method": "*", "path": "/{*rest}", "public": true}]}),
+    )
+    .await;
+    let body = br#"{"email": "neo@matrix.test"}"#;
+    let head = format!(
+        "POST /v1/inbound/site/signup HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}",
+        body.len()
+    );
+    let (status, answer) = raw_exchange(&app, &head, body, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_error(
+        StatusCode::from_u16(status).unwrap(),
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn route_matching_reads_paths_as_loosely_as_upstreams_do() {
     let upstream = Upstream::start().await;
     let app = spawn_app().await;

@@ -397,6 +397,19 @@ impl ConnectionService {
                 }
             }
         }
+        // An upstream may read another of them than the gateway's rules did.
+        if headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(ConnError::call(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send one Content-Type header",
+            ));
+        }
         Ok(Admitted { conn, route })
     }
 

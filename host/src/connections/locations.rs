@@ -332,6 +332,8 @@ pub enum LocationError {
     },
     #[error("`{location}` needs a JSON or form body")]
     UnsupportedBody { location: String },
+    #[error("`{location}` needs a message with one Content-Type header")]
+    ContentTypes { location: String },
     #[error("`{location}` needs an uncompressed body")]
     CompressedBody { location: String },
     #[error("`{location}` can't address a form body: form fields are not nested")]
@@ -558,6 +560,18 @@ impl Body {
     fn parse(msg: &Message<'_>, selector: &Selector) -> Result<Self, LocationError> {
         if is_encoded(msg.headers) {
             return Err(LocationError::CompressedBody {
+                location: selector.describe(),
+            });
+        }
+        // Another reader (the upstream, the caller) may take another of them.
+        if msg
+            .headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(LocationError::ContentTypes {
                 location: selector.describe(),
             });
         }
@@ -1473,6 +1487,15 @@ mod tests {
                 "{codings:?}"
             );
         }
+        let mut two = Owned::json(r#"{"a": "x"}"#);
+        two.headers.append(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(matches!(
+            two.collect(&[body("$.a")]),
+            Err(LocationError::ContentTypes { .. })
+        ));
         let mut identity = Owned::json(r#"{"a": "x"}"#);
         identity.headers.insert(
             header::CONTENT_ENCODING,
