@@ -1464,6 +1464,48 @@ async fn payment_reshape_sends_the_real_card_form_encoded() {
     assert!(!a.text().contains(ADA_CARD));
 }
 
+/// A response function on a route that detokenizes the query: the call goes through, the
+/// plaintext goes upstream only, and the reply comes back through the function. (Which URL the
+/// function is shown, the caller's with its tokens, no stored guest reports; the choice is unit
+/// tested in the gateway.)
+#[tokio::test]
+async fn a_response_function_runs_on_a_route_that_detokenizes_the_query() {
+    let upstream = Upstream::start().await;
+    upstream.reply_with(Reply::json(200, json!({"found": true})));
+    let app = spawn_app().await;
+    let p = payments(&app).await;
+    set_policies(&app, &connection_policies("lookup")).await;
+    upload(&app, "pass-through", "hostile_trivial", json!([])).await;
+    create_connection(
+        &app,
+        json!({"name": "lookup", "kind": "outbound", "base_url": upstream.base(), "vault": "payments",
+            "routes": [{"name": "find", "method": "GET", "path": "/customers",
+                        "request": {"detokenize": [{"location": "query", "path": "email", "redaction": "plain"}]},
+                        "response": {"function": "pass-through"}}]}),
+    )
+    .await;
+    let email = token(&p.ada, "email");
+    let a = send(
+        &app,
+        Some(ADMIN_KEY),
+        Method::GET,
+        &format!("/v1/gateway/lookup/customers?email={email}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json(), json!({"found": true}));
+    let got = upstream.last();
+    assert!(
+        got.query_pairs()
+            .contains(&("email".to_string(), ADA_EMAIL.to_string())),
+        "{:?}",
+        got.query()
+    );
+    assert!(!a.text().contains(ADA_EMAIL));
+}
+
 #[tokio::test]
 async fn date_split_reshapes_a_date_of_birth_for_a_kyc_route() {
     let upstream = Upstream::start().await;
