@@ -186,6 +186,70 @@ async fn a_transaction_given_up_for_a_concurrent_one_is_a_conflict_to_retry() {
     insert(&app, ada()).await;
 }
 
+/// A write whose vault was loaded before a data-key rotation committed does not seal under the
+/// old version (where the rotation's walk may already have passed it, and left it for good): it
+/// is answered 409 to be sent again, and the retry seals under the new version. (The rotation
+/// that commits while the server holds the vault is played by the database: a version made by
+/// a real rotation is set back, the server restarted, then the version set forward again.)
+#[tokio::test]
+async fn a_write_under_a_data_key_rotated_meanwhile_is_refused_to_retry() {
+    let mut app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (status, body) = app.post("/v1/vaults/payments/keys/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let db = app.db().await;
+    db.batch_execute(
+        "UPDATE vaults SET active_key_version = 1, reencrypted_version = 1 WHERE name = 'payments'",
+    )
+    .await
+    .unwrap();
+    let app = app.restart_with(|_| {}).await;
+    let id = insert(&app, ada()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let versions = |id: &str| {
+        let (db, id) = (&db, uuid::Uuid::parse_str(id).unwrap());
+        async move {
+            db.query(
+                "SELECT DISTINCT key_version FROM record_values WHERE record_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(versions(&id).await, vec![1]);
+    // The rotation commits; the server still holds version 1 as the active one.
+    db.batch_execute("UPDATE vaults SET active_key_version = 2 WHERE name = 'payments'")
+        .await
+        .unwrap();
+    let late = json!({"records": [{"fields": {"email": "late@example.com"}}]});
+    let (status, body) = app.post(RECORDS, late.clone()).await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert!(
+        error["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    let (status, body) = app.post(RECORDS, late).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let late = body["records"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(versions(&late).await, vec![2]);
+    // An update is checked too (the version set back this time: any difference is refused).
+    db.batch_execute("UPDATE vaults SET active_key_version = 1 WHERE name = 'payments'")
+        .await
+        .unwrap();
+    let ssn = json!({"fields": {"ssn": "512-78-3456"}});
+    let (status, body) = app.patch(&format!("{RECORDS}/{id}"), ssn.clone()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = app.patch(&format!("{RECORDS}/{id}"), ssn).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.count("records").await, 2);
+}
+
 #[tokio::test]
 async fn lookup_by_value() {
     let app = TestApp::spawn().await;

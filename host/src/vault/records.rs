@@ -656,7 +656,7 @@ impl VaultService {
     ) -> Result<(), VaultError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        lock_vault(&tx, v).await?;
+        self.lock_vault_to_seal(&tx, v).await?;
         self.check_unique(&tx, v, values, None).await?;
         self.allocate_tokens(&tx, v, values).await?;
         if consents.iter().all(Vec::is_empty) {
@@ -1100,7 +1100,7 @@ impl VaultService {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        lock_vault(&tx, &v).await?;
+        self.lock_vault_to_seal(&tx, &v).await?;
         tx.query_opt(
             &tx.prepare_cached("SELECT 1 FROM records WHERE id = $1 AND table_id = $2 FOR UPDATE")
                 .await?,
@@ -1415,6 +1415,40 @@ async fn lock_vault(tx: &impl GenericClient, v: &LoadedVault) -> Result<(), Vaul
     .await?
     .map(|_| ())
     .ok_or_else(|| VaultError::NotFound(format!("vault `{}`", v.name)))
+}
+
+impl VaultService {
+    /// [`lock_vault`], for a transaction that seals values under `v`'s active key version: that
+    /// version must still be the vault's. `v` may have been loaded (or cached) before a rotation
+    /// committed; its writes would then land under the old version after the rotation's walk
+    /// may have passed them, and stay there with the walk marked done. The lock makes a rotation
+    /// wait for the writers that hold it, and a writer that comes after one sees its version.
+    /// A stale `v` is dropped from the cache and the request answered 409, to be sent again.
+    async fn lock_vault_to_seal(
+        &self,
+        tx: &impl GenericClient,
+        v: &LoadedVault,
+    ) -> Result<(), VaultError> {
+        let active: i32 = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT active_key_version FROM vaults WHERE id = $1 FOR KEY SHARE",
+                )
+                .await?,
+                &[&v.id],
+            )
+            .await?
+            .ok_or_else(|| VaultError::NotFound(format!("vault `{}`", v.name)))?
+            .get(0);
+        if active != v.keys.active_version {
+            self.invalidate(&v.name);
+            return Err(VaultError::Conflict {
+                message: "the vault's data key was rotated while the request ran; retry".into(),
+                details: Vec::new(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Deletes the tokens among `hashes` that no stored value references any more.
