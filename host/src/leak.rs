@@ -52,6 +52,18 @@ fn latin1(bytes: &[u8]) -> Zeroizing<String> {
 /// out of scope.
 pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bool {
     let haystack = haystack.as_ref();
+    // None of these encodings makes a value shorter, so a value longer than the haystack is not
+    // in it. This bounds the work for short texts (log lines, error messages) whatever was
+    // revealed.
+    let candidates: Vec<&[u8]> = revealed
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|v| v.len() <= haystack.len())
+        .collect();
+    if candidates.is_empty() {
+        return false;
+    }
+    let revealed = candidates.as_slice();
     if holds_revealed(haystack, revealed) {
         return true;
     }
@@ -70,17 +82,18 @@ pub fn reveals<V: AsRef<[u8]>>(haystack: impl AsRef<[u8]>, revealed: &[V]) -> bo
     if in_base64(text, revealed) {
         return true;
     }
+    let percent = text.contains(['%', '+']);
+    if unescaped.is_none() && !percent {
+        return false;
+    }
     let encodable = |b: u8| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'));
-    if !revealed
-        .iter()
-        .any(|v| v.as_ref().iter().copied().any(encodable))
-    {
+    if !revealed.iter().any(|v| v.iter().copied().any(encodable)) {
         return false;
     }
     if unescaped.is_some() && holds_revealed(text, revealed) {
         return true;
     }
-    if !text.contains(['%', '+']) {
+    if !percent {
         return false;
     }
     let spaced = Zeroizing::new(text.replace('+', " "));

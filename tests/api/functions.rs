@@ -931,6 +931,50 @@ async fn log_lines_output_and_vault_calls_are_capped() {
     assert!(last.contains("log lines were dropped"), "{last}");
 }
 
+/// The revealed-bytes quota holds for a single call too: one `detokenize` whose values together
+/// pass it is refused (`quota-exceeded`), not answered and counted afterwards. (Before, a call
+/// just under it took minutes: the guard searched every log line for each copy.)
+#[tokio::test]
+async fn one_vault_call_cannot_reveal_past_the_quota() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.policies(FUNCTIONS_MAY_DETOKENIZE).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // 1,000 copies of a 34,000-byte value: 34 MB, past the 32 MiB quota.
+    let record = vault_with_record(
+        &app,
+        json!({"name": "kyc", "tables": [{"name": "people", "columns": [
+            {"name": "note", "type": "string"}]}]}),
+        json!({"note": "n".repeat(34_000)}),
+    )
+    .await;
+    let token = record["tokens"]["note"].as_str().unwrap().to_string();
+    let grant =
+        json!([{"vault": "kyc", "table": "people", "columns": ["note"], "redaction": "plain"}]);
+    let (status, up) = app
+        .upload_function(
+            manifest(
+                "greedy",
+                grant,
+                json!({"timeout_ms": 5000, "memory_mib": 128}),
+            ),
+            guest("hostile_greedy"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let bulk = |out: Value| {
+        assert!(out.get("error").is_none(), "{out}");
+        let reply: Value = serde_json::from_str(out["message"]["body"].as_str().unwrap()).unwrap();
+        reply["bulk"].clone()
+    };
+    // Under the quota the values are answered (and the guard checks each distinct value once:
+    // the 1,000 log lines after it are not each searched for 900 copies).
+    let out = invoke(&app, "greedy", json!({"tokens": vec![token.clone(); 900]})).await;
+    assert_eq!(bulk(out), "revealed 900");
+    let out = invoke(&app, "greedy", json!({"tokens": vec![token; 1000]})).await;
+    assert_eq!(bulk(out), "quota-exceeded");
+}
+
 /// The compiled-code cache is the server's alone (0700), and a cached artifact is loaded only
 /// if it is the one the server wrote for that component: another function's artifact copied
 /// over it (valid code for this engine) is ignored and the component compiled again.

@@ -1185,10 +1185,13 @@ fn first_line(e: &wasmtime::Error) -> String {
         .collect()
 }
 
-/// Whether any value revealed during the invocation appears in what it returns (its URL,
-/// headers and raw body), as it is or escaped or percent-encoded ([`crate::leak::reveals`]).
+/// Whether any value revealed during the invocation appears in what it returns (its method,
+/// URL, headers and raw body), as it is or escaped or percent-encoded
+/// ([`crate::leak::reveals`]).
 pub fn egress_leak(out: &HttpMessage, revealed: &[Zeroizing<Vec<u8>>]) -> bool {
-    let mut bytes = Zeroizing::new(out.url.as_bytes().to_vec());
+    let mut bytes = Zeroizing::new(out.method.as_bytes().to_vec());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(out.url.as_bytes());
     for (k, v) in &out.headers {
         bytes.push(b'\n');
         bytes.extend_from_slice(k.as_bytes());
@@ -1209,4 +1212,39 @@ pub fn load_cached(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Resu
     // compatibility hash): a file swapped or altered on disk is not loaded. wasmtime also checks
     // the header and refuses an incompatible artifact.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revealed_value_anywhere_in_the_output_is_a_leak() {
+        let value = "4111111111111111";
+        let revealed = [Zeroizing::new(value.as_bytes().to_vec())];
+        let clean = HttpMessage {
+            method: "POST".into(),
+            url: "https://kyc.example/v1/check".into(),
+            status: None,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{}".to_vec(),
+        };
+        assert!(!egress_leak(&clean, &revealed));
+        let mut leaks = Vec::new();
+        let mut m = clean.clone();
+        m.method = format!("X{value}");
+        leaks.push(m);
+        let mut m = clean.clone();
+        m.url = format!("https://kyc.example/v1/check?c={value}");
+        leaks.push(m);
+        let mut m = clean.clone();
+        m.headers.push(("x-card".into(), value.into()));
+        leaks.push(m);
+        let mut m = clean.clone();
+        m.body = format!("{{\"card\":\"{value}\"}}").into_bytes();
+        leaks.push(m);
+        for m in leaks {
+            assert!(egress_leak(&m, &revealed), "{} {}", m.method, m.url);
+        }
+    }
 }

@@ -16,6 +16,7 @@
 
 use super::{FunctionHost, Limits, LogLine};
 use crate::vault::Redaction;
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -163,8 +164,10 @@ pub struct State {
     message_text: String,
     response_hook: bool,
     /// Every plaintext revealed during this invocation, as bytes (the egress guard checks
-    /// the output).
+    /// the output), each once.
     pub revealed: Vec<Zeroizing<Vec<u8>>>,
+    /// The SHA-256 of each of [`State::revealed`]: a value revealed again is not added again.
+    revealed_seen: std::collections::HashSet<[u8; 32]>,
 }
 
 impl WasiView for State {
@@ -213,6 +216,14 @@ impl State {
     /// Notes a detokenized value for the egress guard; a `file` value (JSON with
     /// `content_base64`) also by its content.
     fn reveal_value(&mut self, value: Zeroizing<String>) {
+        // The egress guard searches each value once, however often it was revealed.
+        if !self
+            .revealed_seen
+            .insert(sha2::Sha256::digest(value.as_bytes()).into())
+        {
+            self.revealed_bytes += value.len();
+            return;
+        }
         if value.starts_with('{')
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&value)
             && let Some(b64) = v.get("content_base64").and_then(|c| c.as_str())
@@ -231,6 +242,9 @@ impl State {
     /// bytes themselves and base64.
     fn reveal_file(&mut self, data: &[u8]) {
         self.revealed_bytes += data.len();
+        if !self.revealed_seen.insert(sha2::Sha256::digest(data).into()) {
+            return;
+        }
         self.revealed.push(Zeroizing::new(
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data).into_bytes(),
         ));
@@ -279,6 +293,16 @@ impl self::strongroom::function::vault::Host for State {
             WitRedaction::Redacted => Redaction::Redacted,
         };
         let results = self.host.clone().detokenize(tokens, level).await?;
+        // The quota holds for what this call would reveal too, not only for the calls after it.
+        let answer: usize = results
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        if self.revealed_bytes.saturating_add(answer) > MAX_REVEALED_BYTES {
+            return Err(format!(
+                "quota-exceeded: at most {MAX_REVEALED_BYTES} revealed bytes per invocation"
+            ));
+        }
         Ok(results
             .into_iter()
             .map(|r| {
@@ -570,6 +594,7 @@ pub async fn run(
         message_text: message_text(&message),
         response_hook: hook == Hook::Response,
         revealed: Vec::new(),
+        revealed_seen: std::collections::HashSet::new(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);

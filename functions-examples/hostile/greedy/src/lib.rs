@@ -5,6 +5,10 @@
 //! stdout past the log's limit instead of failing the guest, and refuse vault calls past the
 //! invocation's quota with `quota-exceeded`. The reply body says how many calls went through
 //! and the error that stopped them.
+//!
+//! First, when the body lists tokens (`{"tokens": [...]}`), it asks for all of them in one
+//! `detokenize` call, which the host must refuse (`quota-exceeded`) when their values together
+//! pass the invocation's revealed-bytes quota. The reply's `bulk` says how that call went.
 
 use std::io::Write;
 
@@ -27,6 +31,21 @@ impl Function for Greedy {
                 .map_err(|e| FunctionError::Internal(format!("stdout: {e}")))?;
         }
         let _ = out.flush();
+        let bulk = match msg.json::<serde_json::Value>() {
+            Ok(body) if body.get("tokens").is_some() => {
+                let tokens: Vec<&str> = body["tokens"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str())
+                    .collect();
+                match strongroom_guest::detokenize(&tokens, Redaction::Plain) {
+                    Ok(values) => format!("revealed {}", values.len()),
+                    Err(e) => e.code().to_string(),
+                }
+            }
+            _ => "none".to_string(),
+        };
         let mut calls = 0u32;
         let error = loop {
             match strongroom_guest::detokenize(&[], Redaction::Plain) {
@@ -35,7 +54,9 @@ impl Function for Greedy {
                 Err(e) => break e.code().to_string(),
             }
         };
-        msg.set_body(format!("{{\"calls\":{calls},\"error\":\"{error}\"}}"));
+        msg.set_body(format!(
+            "{{\"bulk\":\"{bulk}\",\"calls\":{calls},\"error\":\"{error}\"}}"
+        ));
         Ok(msg)
     }
 }
