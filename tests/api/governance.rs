@@ -216,6 +216,54 @@ async fn policies_validate_version_and_take_effect_at_once() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// Policy writes that race each other leave the newest stored version active, as a restart
+/// would, whatever order they finish in.
+#[tokio::test]
+async fn racing_policy_writes_leave_the_newest_version_active() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let writes: Vec<_> = (0..8)
+            .map(|i| {
+                let (client, url) = (app.client.clone(), format!("{}/v1/policies", app.base));
+                tokio::spawn(async move {
+                    let source = format!(
+                        "@id(\"admin-all\")\npermit (principal in Strongroom::Role::\"admin\", action, resource);\n@id(\"w{i}\")\nforbid (principal, action == Strongroom::Action::\"detokenize\", resource) when {{ false }};"
+                    );
+                    let resp = client
+                        .put(url)
+                        .bearer_auth(strongroom_tests::ADMIN_KEY)
+                        .header("content-type", "text/plain")
+                        .body(source)
+                        .send()
+                        .await
+                        .expect("request");
+                    assert_eq!(resp.status(), StatusCode::OK);
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("write");
+        }
+        let (_, versions) = app.get("/v1/policies/versions").await;
+        let newest = versions["versions"]
+            .as_array()
+            .and_then(|v| v.iter().filter_map(|v| v["version"].as_i64()).max())
+            .unwrap_or_else(|| panic!("{versions}"));
+        let resp = app
+            .client
+            .get(format!("{}/v1/policies", app.base))
+            .bearer_auth(strongroom_tests::ADMIN_KEY)
+            .send()
+            .await
+            .expect("request");
+        let active = resp.headers()["x-strongroom-policy-version"]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok());
+        assert_eq!(active, Some(newest), "{versions}");
+    }
+}
+
 #[tokio::test]
 async fn column_and_row_level_rules() {
     let app = TestApp::spawn().await;

@@ -235,10 +235,15 @@ impl Governance {
             )
             .await?
             .get(0);
-        let engine = PolicyEngine::compile(source, version).map_err(GovError::Policies)?;
-        match self.engine.write() {
-            Ok(mut e) => *e = Arc::new(engine),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
+        let engine = Arc::new(PolicyEngine::compile(source, version).map_err(GovError::Policies)?);
+        // Concurrent writes finish in any order: the newest stored version is the active one,
+        // as it will be after a restart.
+        let mut active = match self.engine.write() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if active.version < version {
+            *active = engine;
         }
         Ok(version)
     }
