@@ -256,6 +256,18 @@ async fn upload_refuses_what_is_not_a_proper_function() {
         manifest("Bad Name", json!([]), json!({})),
         manifest("t", bad_grant, json!({})),
         manifest("t", json!([]), json!({"memory_mib": 100000})),
+        // A NUL reached PostgreSQL and was a 500.
+        json!({"name": "t", "description": "a\u{0}b", "grants": [], "limits": {}}),
+        manifest(
+            "t",
+            json!([{"vault": "v\u{0}", "table": "x", "columns": ["y"], "redaction": "plain"}]),
+            json!({}),
+        ),
+        manifest(
+            "t",
+            json!([{"vault": "v", "table": "x", "columns": ["y\u{0}"], "redaction": "plain"}]),
+            json!({}),
+        ),
     ] {
         let (status, body) = app.upload_function(m, guest("hostile_trivial"), None).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
@@ -305,10 +317,17 @@ async fn versions_activate_roll_back_and_survive_a_restart() {
     let (status, _) = app
         .post(
             "/v1/functions/echo/activate",
-            json!({"version": "sha256:00"}),
+            json!({"version": format!("sha256:{}", "0".repeat(64))}),
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Not a version at all (a NUL reached PostgreSQL and was a 500): 400.
+    for bad in ["sha256:00", "\u{0}", "SHA256:x"] {
+        let (status, body) = app
+            .post("/v1/functions/echo/activate", json!({"version": bad}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+    }
 
     // a restart loads the compiled code from the disk cache
     let cached = std::fs::read_dir(app.data_dir.join("functions-cache"))

@@ -110,7 +110,29 @@ impl Manifest {
         if l.max_output_bytes.is_some_and(|b| b == 0 || b > 16 << 20) {
             return Err("`limits.max_output_bytes` must be 1 to 16777216".into());
         }
+        // PostgreSQL refuses NUL in text: it would be a 500 for what the client sent.
+        if self.description.len() > 1000
+            || self
+                .description
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(
+                "`description` is at most 1000 bytes, without control characters other than newlines and tabs"
+                    .into(),
+            );
+        }
         for (i, g) in self.grants.iter().enumerate() {
+            if !valid_name(&g.vault) || !valid_name(&g.table) {
+                return Err(format!(
+                    "`grants[{i}]` must name a vault and a table (^[a-z][a-z0-9_-]{{0,62}}$)"
+                ));
+            }
+            if let Some(c) = g.columns.iter().position(|c| !valid_name(c)) {
+                return Err(format!(
+                    "`grants[{i}].columns[{c}]` must match ^[a-z][a-z0-9_-]{{0,62}}$"
+                ));
+            }
             if Redaction::parse(&g.redaction).is_none_or(|r| r == Redaction::Default) {
                 return Err(format!(
                     "`grants[{i}].redaction` must be plain, masked or redacted"
@@ -1098,6 +1120,16 @@ impl FunctionService {
 
     /// `POST /v1/functions/{name}/activate`.
     pub async fn activate(&self, name: &str, version: &str) -> Result<(), FunctionsError> {
+        let hex = version.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(FunctionsError::Invalid(
+                "`version` must be a version this server gave, `sha256:` and 64 lowercase hex digits".into(),
+            ));
+        }
         let client = self.pool.get().await?;
         let n = client
             .execute(
