@@ -27,6 +27,15 @@ pub const ADMIN_ACCOUNT: &str = "admin";
 /// server take effect at once; this bounds the delay for changes made by another instance).
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// Looked-up keys by id. `generation` moves with every revocation or deletion, so a look-up
+/// that read its row before one (and would put a key back that was just taken out) does not
+/// store what it read.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, Arc<CachedKey>>,
+    generation: u64,
+}
+
 /// A service account, as policies see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Account {
@@ -99,7 +108,7 @@ struct CachedKey {
 pub struct Accounts {
     pool: Pool,
     hash_key: Key,
-    cache: Mutex<HashMap<String, Arc<CachedKey>>>,
+    cache: Mutex<KeyCache>,
 }
 
 /// A freshly generated key: shown once.
@@ -280,26 +289,32 @@ impl Accounts {
 
     fn forget(&self, key_id: &str) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(key_id);
+            cache.keys.remove(key_id);
+            cache.generation += 1;
         }
     }
 
     fn forget_account(&self, account: &Uuid) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|_, k| k.account.id != *account);
+            cache.keys.retain(|_, k| k.account.id != *account);
+            cache.generation += 1;
         }
     }
 
     async fn lookup_key(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, GovError> {
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(key_id).cloned())
-            .filter(|k| k.fetched.elapsed() < CACHE_TTL)
-        {
-            return Ok(Some(hit));
-        }
+        let generation = match self.cache.lock() {
+            Ok(c) => {
+                if let Some(hit) = c
+                    .keys
+                    .get(key_id)
+                    .filter(|k| k.fetched.elapsed() < CACHE_TTL)
+                {
+                    return Ok(Some(hit.clone()));
+                }
+                Some(c.generation)
+            }
+            Err(_) => None,
+        };
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -326,8 +341,10 @@ impl Accounts {
             }),
             fetched: Instant::now(),
         });
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key_id.to_string(), cached.clone());
+        if let Ok(mut cache) = self.cache.lock()
+            && Some(cache.generation) == generation
+        {
+            cache.keys.insert(key_id.to_string(), cached.clone());
         }
         Ok(Some(cached))
     }
