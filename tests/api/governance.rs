@@ -667,8 +667,53 @@ async fn audit_chain_records_access_and_detects_tampering() {
     let (_, broken) = app.get("/v1/audit/verify").await;
     assert_eq!(broken["ok"], false, "{broken}");
     assert_eq!(broken["first_broken"]["seq"], seq);
-    // and a deleted event is a gap
     db.execute("UPDATE audit_events SET event = replace(event, '\"someone-else\"', '\"admin\"') WHERE seq = $1", &[&seq]).await.unwrap();
+    let (_, ok) = app.get("/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    // the columns searches filter on are checked against the content: an event moved out of
+    // a principal's search, or out of a time window, is named
+    let nosy = denied["seq"].as_i64().unwrap();
+    for (column, ty, value) in [
+        ("at", "timestamptz", "at - interval '1 day'"),
+        ("action", "text", "'delete_vault'"),
+        ("vault", "text", "'elsewhere'"),
+        ("principal", "text", "'someone-else'"),
+    ] {
+        let original: Option<String> = db
+            .query_one(
+                &format!("SELECT {column}::text FROM audit_events WHERE seq = $1"),
+                &[&nosy],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        db.execute(
+            &format!("UPDATE audit_events SET {column} = {value} WHERE seq = $1"),
+            &[&nosy],
+        )
+        .await
+        .unwrap();
+        let (_, moved) = app.get("/v1/audit/verify").await;
+        assert_eq!(moved["ok"], false, "{column}: {moved}");
+        assert_eq!(moved["first_broken"]["seq"], nosy, "{column}: {moved}");
+        if column == "principal" {
+            let (_, hidden) = app.get("/v1/audit?principal=nosy").await;
+            assert_eq!(
+                hidden["events"],
+                json!([]),
+                "the search is fooled, verify is not"
+            );
+        }
+        db.execute(
+            &format!("UPDATE audit_events SET {column} = $2::text::{ty} WHERE seq = $1"),
+            &[&nosy, &original],
+        )
+        .await
+        .unwrap();
+        let (_, ok) = app.get("/v1/audit/verify").await;
+        assert_eq!(ok["ok"], true, "{column} restored: {ok}");
+    }
+    // and a deleted event is a gap
     db.execute("DELETE FROM audit_events WHERE seq = 2", &[])
         .await
         .unwrap();

@@ -387,7 +387,7 @@ impl AuditLog {
         loop {
             let rows = client
                 .query(
-                    &client.prepare_cached("SELECT seq, event, prev_hash, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 5000").await?,
+                    &client.prepare_cached("SELECT seq, event, prev_hash, hash, at, principal, action, vault FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 5000").await?,
                     &[&expected_seq],
                 )
                 .await?;
@@ -399,6 +399,16 @@ impl AuditLog {
                 let text: &str = row.get(1);
                 let stored_prev: &[u8] = row.get(2);
                 let hash: &[u8] = row.get(3);
+                let parsed = serde_json::from_str::<Event>(text).ok();
+                // The columns that searches filter on are copies of the content: a copy changed
+                // by hand would hide an event from a search while the chain still held.
+                let columns_match = parsed.as_ref().is_some_and(|e| {
+                    let at: chrono::DateTime<Utc> = row.get(4);
+                    at.to_rfc3339_opts(SecondsFormat::Micros, true) == e.at
+                        && row.get::<_, Option<&str>>(5) == e.principal.as_deref()
+                        && row.get::<_, &str>(6) == e.action
+                        && row.get::<_, Option<&str>>(7) == e.vault.as_deref()
+                });
                 let broken = |reason| Broken { seq, reason };
                 let problem = if seq != expected_seq {
                     Some(Broken {
@@ -409,8 +419,10 @@ impl AuditLog {
                     Some(broken("does not link to the previous event"))
                 } else if chain_hash(&self.key, &prev, text).as_slice() != hash {
                     Some(broken("hash does not match its content"))
-                } else if serde_json::from_str::<Event>(text).map(|e| e.seq).ok() != Some(seq) {
+                } else if parsed.as_ref().map(|e| e.seq) != Some(seq) {
                     Some(broken("content names another sequence number"))
+                } else if !columns_match {
+                    Some(broken("its searchable columns differ from its content"))
                 } else if head
                     .as_ref()
                     .is_some_and(|h| h.seq == seq && h.hash != hash)
