@@ -1161,6 +1161,31 @@ async fn cutting_the_end_of_the_audit_log_is_detected_also_after_a_restart() {
     );
 }
 
+/// A log wiped, with its head reset to zero and unsigned (as a new installation has it), is not
+/// taken in silently: the next start signs it with a warning and an `adopt_audit_head` event.
+#[tokio::test]
+async fn a_wiped_log_with_a_reset_head_is_adopted_loudly() {
+    let mut app = TestApp::spawn().await;
+    app.payments_vault().await;
+    let (_, page) = app.get("/v1/audit?limit=1").await;
+    assert_ne!(
+        page["events"][0]["action"], "adopt_audit_head",
+        "a new log: {page}"
+    );
+    let db = app.db().await;
+    db.execute("DELETE FROM audit_events", &[]).await.unwrap();
+    db.execute(
+        "UPDATE audit_head SET seq = 0, hash = decode(repeat('00', 32), 'hex'), mac = ''",
+        &[],
+    )
+    .await
+    .unwrap();
+    let app = app.restart_with(|_| {}).await;
+    let (_, page) = app.get("/v1/audit?limit=1").await;
+    assert_eq!(page["events"][0]["action"], "adopt_audit_head", "{page}");
+    assert!(strongroom_tests::logs().contains("was not signed"));
+}
+
 /// Revoking the bootstrap key survives a restart with the same configured key; a new
 /// configured key replaces it.
 #[tokio::test]

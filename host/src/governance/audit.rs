@@ -297,9 +297,10 @@ impl AuditLog {
     pub async fn start(
         pool: Pool,
         key: Key,
+        new_chain: bool,
         timeout: std::time::Duration,
     ) -> Result<AuditLog, GovError> {
-        let adopted = adopt_unsigned_head(&pool, &key).await?;
+        let adopted = adopt_unsigned_head(&pool, &key, new_chain).await?;
         tail(&pool, &key).await?;
         let (tx, rx) = mpsc::channel(4096);
         let key = Arc::new(key);
@@ -469,7 +470,15 @@ impl AuditLog {
 /// Signs a head no server has signed yet (migration 0008 writes one without the chain key, at
 /// the end of the log as it was), if it is still at the end of the log. Returns its sequence
 /// number when the log was not empty, for the caller to record the adoption in the chain.
-async fn adopt_unsigned_head(pool: &Pool, key: &Key) -> Result<Option<i64>, GovError> {
+/// Signs a head no server has signed yet, at the log's end. Silently only for the empty log
+/// of a chain whose key this start created (a new installation); otherwise, an empty log
+/// included, it is logged and returned for an `adopt_audit_head` event: a wiped log with its
+/// head reset to zero is not taken in unnoticed.
+async fn adopt_unsigned_head(
+    pool: &Pool,
+    key: &Key,
+    new_chain: bool,
+) -> Result<Option<i64>, GovError> {
     let client = pool.get().await?;
     let Some(head) = read_head(&client).await? else {
         return Ok(None);
@@ -494,7 +503,7 @@ async fn adopt_unsigned_head(pool: &Pool, key: &Key) -> Result<Option<i64>, GovE
             &[&mac, &head.seq],
         )
         .await?;
-    if n == 0 || head.seq == 0 {
+    if n == 0 || (head.seq == 0 && new_chain) {
         return Ok(None);
     }
     tracing::warn!(

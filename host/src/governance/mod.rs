@@ -100,11 +100,20 @@ pub(crate) async fn server_key(
     ring: &MasterKeyRing,
     name: &str,
 ) -> Result<Key, GovError> {
+    Ok(server_key_new(pool, ring, name).await?.0)
+}
+
+/// [`server_key`], and whether this call generated it.
+async fn server_key_new(
+    pool: &Pool,
+    ring: &MasterKeyRing,
+    name: &str,
+) -> Result<(Key, bool), GovError> {
     let client = pool.get().await?;
     let ctx = server_key_context(name);
     let fresh = Key::generate();
     let (mid, wrapped) = ring.wrap(&fresh, &ctx);
-    client
+    let created = client
         .execute(
             "INSERT INTO server_keys (name, wrapped, master_key_id) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
             &[&name, &wrapped, &mid],
@@ -116,7 +125,7 @@ pub(crate) async fn server_key(
             &[&name],
         )
         .await?;
-    Ok(ring.unwrap_key(row.get(1), row.get(0), &ctx)?)
+    Ok((ring.unwrap_key(row.get(1), row.get(0), &ctx)?, created == 1))
 }
 
 /// Re-wraps the server keys under the active master key (part of master-key rotation).
@@ -166,7 +175,7 @@ impl Governance {
         audit_timeout: std::time::Duration,
     ) -> Result<Governance, GovError> {
         let hash_key = server_key(&pool, ring, "api-key-hash").await?;
-        let audit_key = server_key(&pool, ring, "audit-chain").await?;
+        let (audit_key, new_chain) = server_key_new(&pool, ring, "audit-chain").await?;
         let client = pool.get().await?;
         let row = client
             .query_opt(
@@ -196,7 +205,7 @@ impl Governance {
             );
         }
         Ok(Governance {
-            audit: AuditLog::start(pool.clone(), audit_key, audit_timeout).await?,
+            audit: AuditLog::start(pool.clone(), audit_key, new_chain, audit_timeout).await?,
             pool,
             accounts,
             engine: RwLock::new(Arc::new(engine)),
