@@ -51,10 +51,21 @@ fn manifest(name: &str, grants: Value, limits: Value) -> Value {
 
 /// Uploads `component` as `name`, granted plain reveals of `columns` of `kyc/people`.
 async fn upload_granted(app: &TestApp, name: &str, columns: &[&str], component: &str) -> Value {
+    upload_granted_with(app, name, columns, component, json!({})).await
+}
+
+/// [`upload_granted`] with the manifest's `limits`.
+async fn upload_granted_with(
+    app: &TestApp,
+    name: &str,
+    columns: &[&str],
+    component: &str,
+    limits: Value,
+) -> Value {
     let grant =
         json!([{"vault": "kyc", "table": "people", "columns": columns, "redaction": "plain"}]);
     let (status, up) = app
-        .upload_function(manifest(name, grant, json!({})), guest(component), None)
+        .upload_function(manifest(name, grant, limits), guest(component), None)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{up}");
     up
@@ -88,20 +99,14 @@ async fn invoke(app: &TestApp, name: &str, body: Value) -> Value {
 async fn date_split_detokenizes_inside_the_sandbox_only_what_it_was_granted() {
     let app = TestApp::spawn().await;
     let (dob, _) = vault_with_dob(&app).await;
-    let grant =
-        json!([{"vault": "kyc", "table": "people", "columns": ["dob"], "redaction": "plain"}]);
-    let (status, up) = app
-        .upload_function(
-            manifest(
-                "date-split",
-                grant,
-                json!({"memory_mib": 32, "timeout_ms": 500}),
-            ),
-            guest("date_split"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let up = upload_granted_with(
+        &app,
+        "date-split",
+        &["dob"],
+        "date_split",
+        json!({"memory_mib": 32, "timeout_ms": 500}),
+    )
+    .await;
     assert!(up["version"].as_str().unwrap().starts_with("sha256:"));
     assert!(
         up["imports"]
@@ -967,20 +972,8 @@ async fn one_vault_call_cannot_reveal_past_the_quota() {
     )
     .await;
     let token = record["tokens"]["note"].as_str().unwrap().to_string();
-    let grant =
-        json!([{"vault": "kyc", "table": "people", "columns": ["note"], "redaction": "plain"}]);
-    let (status, up) = app
-        .upload_function(
-            manifest(
-                "greedy",
-                grant,
-                json!({"timeout_ms": 5000, "memory_mib": 128}),
-            ),
-            guest("hostile_greedy"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{up}");
+    let limits = json!({"timeout_ms": 5000, "memory_mib": 128});
+    upload_granted_with(&app, "greedy", &["note"], "hostile_greedy", limits).await;
     let bulk = |out: Value| {
         assert!(out.get("error").is_none(), "{out}");
         let reply: Value = serde_json::from_str(out["message"]["body"].as_str().unwrap()).unwrap();
