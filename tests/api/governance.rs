@@ -216,6 +216,24 @@ async fn policies_validate_version_and_take_effect_at_once() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// The roles functions and connections are members of cannot be given to an account: it would
+/// be allowed whatever policies allow every function or connection.
+#[tokio::test]
+async fn the_roles_of_functions_and_connections_are_reserved() {
+    let app = TestApp::spawn().await;
+    for role in ["function", "connection"] {
+        let (status, body) = app
+            .post(
+                "/v1/service-accounts",
+                json!({"name": format!("as-{role}"), "roles": ["app", role]}),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (_, list) = app.get("/v1/service-accounts").await;
+    assert!(!list.to_string().contains("as-function"), "{list}");
+}
+
 /// Policy writes that race each other leave the newest stored version active, as a restart
 /// would, whatever order they finish in.
 #[tokio::test]

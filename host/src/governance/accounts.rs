@@ -176,9 +176,19 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), GovErro
     Ok(())
 }
 
+/// Roles the server gives its own principals: every function is a member of `function`, every
+/// connection of `connection`. An account given one would be allowed whatever policies allow
+/// them.
+const RESERVED_ROLES: &[&str] = &["function", "connection"];
+
 fn check_roles(roles: &[String]) -> Result<(), GovError> {
     if roles.len() > 16 {
         return Err(GovError::invalid("an account has at most 16 roles"));
+    }
+    if let Some(r) = roles.iter().find(|r| RESERVED_ROLES.contains(&r.as_str())) {
+        return Err(GovError::invalid(format!(
+            "role `{r}` is reserved: functions and connections are its members"
+        )));
     }
     match roles.iter().find(|r| !valid_name(r)) {
         Some(r) => Err(GovError::invalid(format!(
