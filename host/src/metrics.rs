@@ -129,7 +129,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
-/// A label for `method`: one of the standard methods, else `other` (any token is a method).
 /// A method's name, or `other` for one that is not standard: a method is any token a client
 /// chooses, so it may hold a value. Metrics, the request log and audit events use this.
 pub fn method_label(method: &http::Method) -> &'static str {

@@ -5,14 +5,12 @@
 //! logged with the request id and answered with a generic message.
 
 use super::request_id;
-use crate::db::DbError;
 use crate::governance::GovError;
 use crate::vault::{Detail, VaultError};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -139,7 +137,7 @@ impl From<VaultError> for ApiError {
                 "conflict",
                 "no unused token was found for a value: the column's token format leaves too few tokens for the values it holds",
             ),
-            VaultError::Db(e) if concurrent_change(&e) => {
+            VaultError::Db(e) if e.concurrent_change() => {
                 tracing::warn!(request_id = %request_id(), error = %e, "transaction given up for a concurrent one");
                 ApiError::new(
                     StatusCode::CONFLICT,
@@ -165,37 +163,9 @@ impl From<VaultError> for ApiError {
     }
 }
 
-/// Whether PostgreSQL gave the statement's transaction up for a concurrent one that changed
-/// the same rows (a deadlock, or a serialization failure): nothing was written, and the same
-/// request sent again can succeed. The client's doing, or its neighbours', not a server fault.
-fn concurrent_change(e: &DbError) -> bool {
-    match e {
-        DbError::Postgres(e) => retryable(e.code()),
-        DbError::Shared(e) => concurrent_change(e),
-        _ => false,
-    }
-}
-
-fn retryable(code: Option<&SqlState>) -> bool {
-    code.is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadlocks_and_serialization_failures_are_retryable_other_states_are_not() {
-        assert!(retryable(Some(&SqlState::from_code("40P01"))));
-        assert!(retryable(Some(&SqlState::from_code("40001"))));
-        for other in ["23505", "57014", "40002", "XX000", "08006"] {
-            assert!(!retryable(Some(&SqlState::from_code(other))), "{other}");
-        }
-        assert!(!retryable(None));
-        assert!(!concurrent_change(&DbError::Stopped));
-    }
 
     #[test]
     fn a_used_up_token_space_is_a_conflict_not_a_server_fault() {

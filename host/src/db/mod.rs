@@ -90,6 +90,25 @@ impl DbError {
             _ => None,
         }
     }
+
+    /// Whether PostgreSQL gave the statement's transaction up for a concurrent one that changed
+    /// the same rows (a deadlock, or a serialization failure): nothing was written, and the same
+    /// request sent again can succeed (answered 409). The client's doing, or its neighbours',
+    /// not a server fault.
+    pub fn concurrent_change(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => retryable(e.code()),
+            DbError::Shared(e) => e.concurrent_change(),
+            _ => false,
+        }
+    }
+}
+
+fn retryable(code: Option<&tokio_postgres::error::SqlState>) -> bool {
+    use tokio_postgres::error::SqlState;
+    code.is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 /// A pool over `config` with `size` connections. Waiting for a free connection, and opening
@@ -184,4 +203,27 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlocks_and_serialization_failures_are_retryable_other_states_are_not() {
+        assert!(retryable(Some(
+            &tokio_postgres::error::SqlState::from_code("40P01")
+        )));
+        assert!(retryable(Some(
+            &tokio_postgres::error::SqlState::from_code("40001")
+        )));
+        for other in ["23505", "57014", "40002", "XX000", "08006"] {
+            assert!(
+                !retryable(Some(&tokio_postgres::error::SqlState::from_code(other))),
+                "{other}"
+            );
+        }
+        assert!(!retryable(None));
+        assert!(!DbError::Stopped.concurrent_change());
+    }
 }

@@ -1406,14 +1406,15 @@ async fn copy_rows<'a, const N: usize>(
 /// Holds the vault row FOR KEY SHARE until the transaction ends: every transaction that writes
 /// records, values or tokens takes it first, in place of per-row foreign keys (migration 0005).
 /// A vault deleted meanwhile is not found; one being deleted waits for this transaction.
-async fn lock_vault(tx: &impl GenericClient, v: &LoadedVault) -> Result<(), VaultError> {
+/// Returns the vault's active key version as the lock found it.
+async fn lock_vault(tx: &impl GenericClient, v: &LoadedVault) -> Result<i32, VaultError> {
     tx.query_opt(
-        &tx.prepare_cached("SELECT 1 FROM vaults WHERE id = $1 FOR KEY SHARE")
+        &tx.prepare_cached("SELECT active_key_version FROM vaults WHERE id = $1 FOR KEY SHARE")
             .await?,
         &[&v.id],
     )
     .await?
-    .map(|_| ())
+    .map(|row| row.get(0))
     .ok_or_else(|| VaultError::NotFound(format!("vault `{}`", v.name)))
 }
 
@@ -1429,17 +1430,7 @@ impl VaultService {
         tx: &impl GenericClient,
         v: &LoadedVault,
     ) -> Result<(), VaultError> {
-        let active: i32 = tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "SELECT active_key_version FROM vaults WHERE id = $1 FOR KEY SHARE",
-                )
-                .await?,
-                &[&v.id],
-            )
-            .await?
-            .ok_or_else(|| VaultError::NotFound(format!("vault `{}`", v.name)))?
-            .get(0);
+        let active = lock_vault(tx, v).await?;
         if active != v.keys.active_version {
             self.invalidate(&v.name);
             return Err(VaultError::Conflict {
