@@ -58,14 +58,7 @@ impl EgressPolicy {
     /// Builds a policy from the settings' comma-separated lists, such as `localhost,10.1.2.3`
     /// and `127.0.0.1/32, 10.0.0.0/8, ::1/128`. Empty items are ignored.
     pub fn parse(allow_http_hosts: &str, allow_networks: &str) -> Result<Self, EgressError> {
-        let items = |list: &str| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|item| !item.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        let allow_http_hosts = items(allow_http_hosts);
+        let allow_http_hosts: Vec<String> = items(allow_http_hosts).map(str::to_owned).collect();
         if let Some(entry) = allow_http_hosts
             .iter()
             .find(|host| normalise_host(host).is_none())
@@ -133,20 +126,16 @@ fn normalise_host(host: &str) -> Option<String> {
 /// The networks of a setting's comma-separated list, such as `127.0.0.1/32, 10.0.0.0/8, ::1`.
 /// Empty items are ignored; an error names `setting`.
 pub fn parse_networks(list: &str, setting: &'static str) -> Result<Vec<Network>, EgressError> {
+    items(list)
+        .map(|item| Network::parse_in(item, setting))
+        .collect()
+}
+
+/// The items of a setting's comma-separated list, trimmed, without empty ones.
+fn items(list: &str) -> impl Iterator<Item = &str> {
     list.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(|item| {
-            item.parse().map_err(|e| match e {
-                EgressError::InvalidNetwork { entry, reason, .. } => EgressError::InvalidNetwork {
-                    entry,
-                    reason,
-                    setting,
-                },
-                other => other,
-            })
-        })
-        .collect()
 }
 
 /// An IP network: an address and a prefix length, such as `10.0.0.0/8` or `::1/128`.
@@ -193,12 +182,20 @@ fn max_prefix(ip: IpAddr) -> u8 {
 impl FromStr for Network {
     type Err = EgressError;
 
-    /// Parses `address/prefix`; a bare address is a network of that one address.
+    /// Parses `address/prefix`, an entry of [`ALLOW_NETWORKS`]; a bare address is a network of
+    /// that one address.
     fn from_str(entry: &str) -> Result<Self, EgressError> {
+        Network::parse_in(entry, ALLOW_NETWORKS)
+    }
+}
+
+impl Network {
+    /// [`Network::from_str`] for an entry of `setting` (named in the error).
+    fn parse_in(entry: &str, setting: &'static str) -> Result<Self, EgressError> {
         let invalid = |reason| EgressError::InvalidNetwork {
             entry: entry.to_owned(),
             reason,
-            setting: ALLOW_NETWORKS,
+            setting,
         };
         let (addr, prefix) = entry.split_once('/').unwrap_or((entry, ""));
         let addr: IpAddr = addr.parse().map_err(|_| invalid("not an IP address"))?;

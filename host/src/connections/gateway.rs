@@ -397,13 +397,7 @@ impl ConnectionService {
                 }
             }
         }
-        // An upstream may read another of them than the gateway's rules did.
-        if headers
-            .get_all(header::CONTENT_TYPE)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        if locations::has_several_content_types(headers) {
             return Err(ConnError::call(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -756,7 +750,6 @@ impl ConnectionService {
                     revealed.push(Zeroizing::new(v.as_bytes().to_vec()));
                 }
                 locations::replace(&mut msg, &route.detokenize, edits).map_err(location_error)?;
-                distinct(&mut revealed);
             }
         }
 

@@ -538,6 +538,16 @@ fn form_pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], Range<usize>)> {
     })
 }
 
+/// Whether a message has more than one `Content-Type` header: another reader (the upstream,
+/// the caller) may take another of them than the gateway's rules did.
+pub fn has_several_content_types(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+}
+
 /// Whether a message's body is encoded (compressed): any coding but `identity` in any of its
 /// `Content-Encoding` headers, each a comma-separated list.
 pub fn is_encoded(headers: &HeaderMap) -> bool {
@@ -563,14 +573,7 @@ impl Body {
                 location: selector.describe(),
             });
         }
-        // Another reader (the upstream, the caller) may take another of them.
-        if msg
-            .headers
-            .get_all(header::CONTENT_TYPE)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        if has_several_content_types(msg.headers) {
             return Err(LocationError::ContentTypes {
                 location: selector.describe(),
             });
